@@ -1,0 +1,148 @@
+"""The two core skills seeded into every registry: `selfmcp_about` and `selfmcp_env_keys`.
+
+They are ordinary skills (searchable, executable, editable) that cannot be deleted or
+renamed. Their bodies are standalone scripts: they run in a subprocess like any skill.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+from credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
+
+ABOUT_SECTIONS: dict[str, str] = {
+    "source_code": (
+        "selfMCP is a Python project: server.py (MCP wiring), skills.py (registry logic), db.py "
+        "(SQLite schema and migrations), embeddings.py (embedders and the in-memory vector index), "
+        "executor.py (subprocess runner), skillmd.py (SKILL.md parsing), credentials.py, core_skills.py. "
+        "It runs from the directory it was cloned into; `python3 server.py` starts it."
+    ),
+    "interface": (
+        "MCP only: there is no web UI. Clients (Claude Desktop, Claude.ai, Claude Code, Cursor) see eight "
+        "bootstrap tools and grow the toolbox by storing skills. HTTP also serves GET /health."
+    ),
+    "transport": (
+        "SELFMCP_TRANSPORT picks the transport: streamable-http (default, served at /mcp), sse, or stdio. "
+        "HTTP binds SELFMCP_HOST (default 0.0.0.0) and SELFMCP_PORT (else PORT, else 8000). "
+        "If SELFMCP_AUTH_TOKEN is set, HTTP requests need 'Authorization: Bearer <token>' (/health stays open)."
+    ),
+    "persistence": (
+        "Everything lives in one SQLite file (SELFMCP_DB_PATH, default ./selfmcp.db) in WAL mode: skills, "
+        "their version history, the FTS5 keyword index, embeddings, and a per-skill summary table. "
+        "Each write changes the skill row, its version row, its index rows and its embedding in one transaction."
+    ),
+    "versioning": (
+        "Every skill has a version number starting at 1. skill_update patches the given fields and bumps the "
+        "version; every version's content is kept in skill_versions. skill_delete is a soft delete "
+        "(is_active=0, history kept). skill_create with the name of a deleted skill reactivates it: same id, "
+        "history kept, version continues."
+    ),
+    "execution": (
+        "skill_execute runs the skill's Python (a plain script, or the ```python blocks of a SKILL.md) as a "
+        "subprocess in a fresh temporary directory and its own process group. Parameters arrive as JSON in the "
+        "SELFMCP_PARAMS environment variable; the server's environment is inherited, so keys set on the server "
+        "are in os.environ. The result is {stdout, stderr, exit_code, timed_out}. A timeout (default 30 s, "
+        "1-600) kills every process the run started; so does cancelling the call. Other calls keep being "
+        "answered while a skill runs."
+    ),
+    "auth": (
+        "A skill may declare auth_config: {type: api_key, env_var, instructions} or {type: oauth2, auth_url, "
+        "token_url, scopes, client_id_env, client_secret_env}. Before running, skill_execute checks that the "
+        "variables are set and otherwise returns error missing_credentials with the missing names; "
+        "skill_auth_url then gives setup instructions or a prefilled OAuth2 authorization URL (and on Replit "
+        "a link to the Secrets panel). Use the selfmcp_env_keys skill to see which credential variables exist "
+        "(names only, never values)."
+    ),
+    "bootstrap_tools": (
+        "skill_list_summary (paged table of contents), skill_search (find by meaning or keywords), "
+        "skill_get_detail (full body, dependencies, auth_config, versions), skill_execute (run it), "
+        "skill_create (store a new skill, or reactivate a deleted name), skill_update (patch and bump version), "
+        "skill_delete (soft delete), skill_auth_url (how to supply a missing key or OAuth grant). "
+        "Workflow: list_summary -> search -> get_detail -> execute; create when nothing fits."
+    ),
+    "search": (
+        "skill_search modes: keyword (SQLite FTS5 bm25 over name, description and frontmatter tags, with "
+        "stemming, snake_case/CamelCase splitting and stop words removed), vector (cosine similarity of "
+        "embeddings), hybrid (default: a weighted fusion of both, falling back to keyword results when the "
+        "query cannot be embedded). Scores are in [0, 1]. Embeddings come from LiteLLM when OPENAI_API_KEY or "
+        "SELFMCP_USE_LITELLM is set (model SELFMCP_EMBED_MODEL, default text-embedding-3-small), else from an "
+        "offline embedder that needs no network."
+    ),
+    "replit_setup": (
+        "Import the repository into Replit and press Run: .replit runs `python3 server.py`, which serves "
+        "streamable HTTP on Replit's PORT. Add API keys in Tools -> Secrets and restart the Repl. Connect "
+        "Claude.ai to https://<your-repl-domain>/mcp. Set SELFMCP_DB_PATH to keep the database somewhere "
+        "persistent if your Repl may be reset."
+    ),
+}
+
+_ABOUT_BODY = textwrap.dedent('''\
+    """selfmcp_about: structured self-documentation of this selfMCP server.
+
+    Params: {"section": "<name>"} to print one section; no params prints them all.
+    """
+    import json
+    import os
+    import sys
+
+    SECTIONS = json.loads(__SECTIONS__)
+    params = json.loads(os.environ.get("SELFMCP_PARAMS") or "{}")
+    section = params.get("section")
+    if section is None:
+        print(json.dumps({"sections": SECTIONS}, indent=2))
+    elif section in SECTIONS:
+        print(json.dumps({"section": section, "text": SECTIONS[section]}, indent=2))
+    else:
+        print(json.dumps({
+            "error": "unknown_section",
+            "message": f"No section named {section!r}.",
+            "hint": "Call again with one of the available sections, or with no params for all of them.",
+            "available_sections": sorted(SECTIONS),
+        }, indent=2))
+        sys.exit(2)
+''')
+
+_ENV_KEYS_BODY = textwrap.dedent('''\
+    """selfmcp_env_keys: which credential environment variables the server has. Names only, never values."""
+    import json
+    import os
+    import re
+
+    KNOWN_SERVICES = json.loads(__KNOWN__)
+    PATTERN = re.compile("^(?:" + "|".join(json.loads(__PATTERNS__)) + ")$", re.IGNORECASE)
+
+    known = {name: {"present": bool(os.environ.get(name)), "service": service}
+             for name, service in sorted(KNOWN_SERVICES.items())}
+    detected = sorted(name for name in os.environ
+                      if name not in KNOWN_SERVICES and PATTERN.match(name) and os.environ.get(name))
+    print(json.dumps({"known_services": known, "detected_credential_env_vars": detected}, indent=2))
+''')
+
+
+def _literal(value: object) -> str:
+    return repr(json.dumps(value, sort_keys=True))
+
+
+CORE_SKILLS: list[dict[str, str]] = [
+    {
+        "name": "selfmcp_about",
+        "description": (
+            "Explain this selfMCP server itself: transports, persistence, versioning, execution model, auth, "
+            "the eight bootstrap tools, search modes and Replit setup. Optional param 'section' "
+            "(source_code, interface, transport, persistence, versioning, execution, auth, "
+            "bootstrap_tools, search, replit_setup)."
+        ),
+        "body": _ABOUT_BODY.replace("__SECTIONS__", _literal(ABOUT_SECTIONS)),
+    },
+    {
+        "name": "selfmcp_env_keys",
+        "description": (
+            "List which API keys and credential environment variables are set on this selfMCP server "
+            "(names only, never values): known_services with present/service, and "
+            "detected_credential_env_vars. Call before writing a skill that needs a key."
+        ),
+        "body": (_ENV_KEYS_BODY.replace("__KNOWN__", _literal(KNOWN_SERVICES))
+                 .replace("__PATTERNS__", _literal(list(CREDENTIAL_NAME_PATTERNS)))),
+    },
+]

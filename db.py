@@ -1,0 +1,157 @@
+"""SQLite storage for selfMCP: schema, migrations, connections, transactions.
+
+No business rules live here. `connect()` gives a connection configured the same way
+every time (WAL, busy timeout, foreign keys, explicit transactions); `migrate()` brings
+the schema to the newest version, one numbered step at a time.
+
+Migration N takes `PRAGMA user_version` from N-1 to N. Append only: never edit a
+migration that has shipped, because databases in the field have already run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000
+
+# Each migration is a sequence of statements run inside one transaction together with
+# its `PRAGMA user_version = N`, so a crash mid-migration leaves the previous version.
+MIGRATIONS: list[Sequence[str]] = [
+    # 1: the specification's schema.
+    (
+        """
+        create table skills (
+            id integer primary key,
+            name text not null unique,
+            description text not null,
+            body text not null,
+            dependencies_json text not null default '[]',
+            auth_config_json text,
+            version integer not null default 1,
+            is_active integer not null default 1,
+            is_core integer not null default 0,
+            created_at text not null,
+            updated_at text not null
+        )
+        """,
+        """
+        create table skill_versions (
+            id integer primary key,
+            skill_id integer not null references skills(id),
+            version integer not null,
+            name text not null,
+            description text not null,
+            body text not null,
+            dependencies_json text not null default '[]',
+            auth_config_json text,
+            changed_at text not null,
+            unique (skill_id, version)
+        )
+        """,
+        # Own-content FTS table: skills.py writes the search text (names split into
+        # words, frontmatter tags) rather than the raw columns.
+        """
+        create virtual table skills_fts using fts5(
+            name, description, tags,
+            tokenize = 'porter unicode61'
+        )
+        """,
+        """
+        create table skill_embeddings (
+            skill_id integer primary key references skills(id),
+            vector blob not null,
+            dim integer not null,
+            model text not null,
+            content_hash text not null,
+            updated_at text not null
+        )
+        """,
+        "create index skill_embeddings_model on skill_embeddings(model)",
+        """
+        create table skill_credentials (
+            skill_id integer not null references skills(id),
+            key text not null,
+            value text not null,
+            created_at text not null,
+            primary key (skill_id, key)
+        )
+        """,
+        # One row per skill (id = skill id): a write touches its own row only.
+        """
+        create table skill_summary_cache (
+            id integer primary key references skills(id),
+            summary_json text not null,
+            updated_at text not null
+        )
+        """,
+    ),
+    # 2: parameter schemas and run history.
+    (
+        "alter table skills add column params_schema_json text",
+        "alter table skill_versions add column params_schema_json text",
+        """
+        create table skill_runs (
+            id integer primary key,
+            skill_id integer not null references skills(id),
+            version integer not null,
+            started_at text not null,
+            duration_ms real not null,
+            exit_code integer,
+            timed_out integer not null default 0,
+            cancelled integer not null default 0,
+            stdout_bytes integer not null default 0,
+            stderr_bytes integer not null default 0,
+            error text
+        )
+        """,
+        "create index skill_runs_skill on skill_runs(skill_id, id)",
+    ),
+]
+
+
+def connect(path: str | os.PathLike[str], *, migrate_schema: bool = True) -> sqlite3.Connection:
+    """Open the database at `path`, configured for selfMCP, migrated unless told not to."""
+    path = Path(path)
+    if str(path) != ":memory:":
+        path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("pragma journal_mode = wal")
+    conn.execute("pragma synchronous = normal")
+    conn.execute("pragma foreign_keys = on")
+    if migrate_schema:
+        migrate(conn)
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    return conn.execute("pragma user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Apply every pending migration; return the resulting schema version."""
+    while True:
+        with transaction(conn):
+            current = schema_version(conn)
+            if current >= len(MIGRATIONS):
+                return current
+            for statement in MIGRATIONS[current]:
+                conn.execute(statement)
+            conn.execute(f"pragma user_version = {current + 1}")
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` if the block raises."""
+    conn.execute("begin immediate")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("rollback")
+        raise
+    conn.execute("commit")

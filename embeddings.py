@@ -1,0 +1,265 @@
+"""Text embeddings for skill search, and the in-memory vector index.
+
+Embedders turn texts into L2-normalised float32 rows. Which one runs is decided by
+`make_embedder()`:
+
+- a remote LiteLLM model (OPENAI_API_KEY or SELFMCP_USE_LITELLM set), imported lazily,
+  with the offline embedder behind it as a fallback when the remote fails;
+- otherwise the offline embedder: the static MiniLM table shipped in `models/` when it
+  is present, else a deterministic hashed n-gram embedder.
+
+Every vector is stored with the id of the model that made it; vectors of different
+models are never compared (`VectorIndex` holds one model's vectors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import unicodedata
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+log = logging.getLogger("selfmcp.embeddings")
+
+HASH_MODEL_ID = "hash-ngram-256-v1"
+
+
+class Embedder(Protocol):
+    """Anything that embeds texts; `model_id` names the vector space it produces."""
+
+    model_id: str
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Return an array of shape (len(texts), dim), float32, rows L2-normalised."""
+        ...
+
+
+def encode(vector: np.ndarray) -> bytes:
+    """Little-endian float32 bytes of a vector."""
+    return np.asarray(vector, dtype="<f4").tobytes()
+
+
+def decode(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype="<f4")
+
+
+def normalise(rows: np.ndarray) -> np.ndarray:
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim == 1:
+        rows = rows[None, :]
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    return rows / norms
+
+
+def content_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class HashEmbedder:
+    """Deterministic offline embedder: hashed words and character 3-grams.
+
+    Lexical only, but it needs no files and gives the same vector for the same text on
+    every machine. Used when the shipped static model is missing, and in tests.
+    """
+
+    def __init__(self, dim: int = 256) -> None:
+        self.dim = dim
+        self.model_id = HASH_MODEL_ID if dim == 256 else f"hash-ngram-{dim}-v1"
+
+    def _features(self, text: str) -> list[str]:
+        text = unicodedata.normalize("NFKC", text).lower()
+        words = re.findall(r"\w+", text)
+        feats = [f"w:{w}" for w in words]
+        for w in words:
+            padded = f"<{w}>"
+            feats.extend(f"c:{padded[i:i + 3]}" for i in range(len(padded) - 2))
+        return feats
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for feat in self._features(text):
+                h = int.from_bytes(hashlib.blake2b(feat.encode(), digest_size=8).digest(), "little")
+                sign = 1.0 if h & 1 else -1.0
+                out[row, (h >> 1) % self.dim] += sign * (2.0 if feat.startswith("w:") else 1.0)
+        return normalise(out)
+
+
+class LiteLLMEmbedder:
+    """A remote embedding model through LiteLLM, imported only when first used."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.model_id = f"litellm:{model}"
+        self._litellm = None
+
+    def _module(self):
+        if self._litellm is None:
+            # Without this LiteLLM fetches its model cost map over the network on import.
+            os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+            import litellm
+
+            self._litellm = litellm
+        return self._litellm
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        response = self._module().embedding(model=self.model, input=list(texts))
+        data = response["data"] if isinstance(response, dict) else response.data
+        rows = [item["embedding"] if isinstance(item, dict) else item.embedding for item in data]
+        return normalise(np.array(rows, dtype=np.float32))
+
+
+class FallbackEmbedder:
+    """Tries `primary`; when it fails, embeds with `fallback` and says which model was used.
+
+    `degraded` is true while the primary is failing; the registry re-embeds the
+    fallback's vectors once the primary answers again.
+    """
+
+    def __init__(self, primary: Embedder, fallback: Embedder) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.model_id = primary.model_id
+        self.degraded = False
+
+    def embed_with_model(self, texts: Sequence[str]) -> tuple[np.ndarray, str]:
+        try:
+            vectors = self.primary.embed(texts)
+        except Exception as exc:  # any remote failure: network, auth, quota, bad model
+            if not self.degraded:
+                log.warning("embedding model %s failed (%s); using %s until it answers again",
+                            self.primary.model_id, type(exc).__name__, self.fallback.model_id)
+            self.degraded = True
+            return self.fallback.embed(texts), self.fallback.model_id
+        self.degraded = False
+        return vectors, self.primary.model_id
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return self.embed_with_model(texts)[0]
+
+
+def embed_with_model(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarray, str]:
+    """Embed `texts`; return the vectors and the id of the model that really made them."""
+    if isinstance(embedder, FallbackEmbedder):
+        return embedder.embed_with_model(texts)
+    return embedder.embed(texts), embedder.model_id
+
+
+def offline_embedder() -> Embedder:
+    """The best embedder that needs no network: the shipped static model, else hashing."""
+    try:
+        from static_embedder import load_static_embedder
+    except ImportError:
+        return HashEmbedder()
+    try:
+        return load_static_embedder()
+    except (OSError, ValueError) as exc:
+        log.warning("static embedding model unavailable (%s); using hashed n-grams", exc)
+        return HashEmbedder()
+
+
+LOCAL_MODEL_NAMES = {"static", "offline", "hash"}
+
+
+def make_embedder(model: str | None, *, use_remote: bool) -> Embedder:
+    """Choose the embedder for the settings: see the module docstring."""
+    if model == "hash":
+        return HashEmbedder()
+    offline = offline_embedder()
+    if model in LOCAL_MODEL_NAMES or not use_remote:
+        return offline
+    return FallbackEmbedder(LiteLLMEmbedder(model or "text-embedding-3-small"), offline)
+
+
+class QueryCache:
+    """A small LRU of query text -> (vector, model id), so repeated searches skip embedding."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[np.ndarray, str] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, value: tuple[np.ndarray, str]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class VectorIndex:
+    """One model's vectors in a contiguous matrix, kept in step with writes.
+
+    Rows are L2-normalised, so cosine similarity is one matrix-vector product.
+    Removal swaps the last row into the hole, keeping the matrix dense.
+    """
+
+    def __init__(self, model_id: str, dim: int) -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self._matrix = np.zeros((64, dim), dtype=np.float32)
+        self._ids = np.zeros(64, dtype=np.int64)
+        self._row_of: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    def __contains__(self, skill_id: int) -> bool:
+        return skill_id in self._row_of
+
+    def upsert(self, skill_id: int, vector: np.ndarray) -> None:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise ValueError(f"vector of dimension {vector.shape[0]} in an index of dimension {self.dim}")
+        with self._lock:
+            row = self._row_of.get(skill_id)
+            if row is None:
+                row = len(self._row_of)
+                if row >= self._matrix.shape[0]:
+                    grow = max(64, self._matrix.shape[0])
+                    self._matrix = np.vstack([self._matrix, np.zeros((grow, self.dim), np.float32)])
+                    self._ids = np.concatenate([self._ids, np.zeros(grow, np.int64)])
+                self._row_of[skill_id] = row
+                self._ids[row] = skill_id
+            self._matrix[row] = vector
+
+    def remove(self, skill_id: int) -> None:
+        with self._lock:
+            row = self._row_of.pop(skill_id, None)
+            if row is None:
+                return
+            last = len(self._row_of)
+            if row != last:
+                moved = int(self._ids[last])
+                self._matrix[row] = self._matrix[last]
+                self._ids[row] = moved
+                self._row_of[moved] = row
+
+    def similarities(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine of `query` with every row: (skill ids, similarities), unordered."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise ValueError(f"query of dimension {query.shape[0]} against an index of dimension {self.dim}")
+        with self._lock:
+            n = len(self._row_of)
+            return self._ids[:n].copy(), self._matrix[:n] @ query
