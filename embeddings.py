@@ -96,8 +96,9 @@ class HashEmbedder:
 class LiteLLMEmbedder:
     """A remote embedding model through LiteLLM, imported only when first used."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, api_base: str | None = None) -> None:
         self.model = model
+        self.api_base = api_base
         self.model_id = f"litellm:{model}"
         self._litellm = None
 
@@ -111,7 +112,8 @@ class LiteLLMEmbedder:
         return self._litellm
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        response = self._module().embedding(model=self.model, input=list(texts))
+        extra = {"api_base": self.api_base} if self.api_base else {}
+        response = self._module().embedding(model=self.model, input=list(texts), **extra)
         data = response["data"] if isinstance(response, dict) else response.data
         rows = [item["embedding"] if isinstance(item, dict) else item.embedding for item in data]
         return normalise(np.array(rows, dtype=np.float32))
@@ -169,14 +171,14 @@ def offline_embedder() -> Embedder:
 LOCAL_MODEL_NAMES = {"static", "offline", "hash"}
 
 
-def make_embedder(model: str | None, *, use_remote: bool) -> Embedder:
+def make_embedder(model: str | None, *, use_remote: bool, api_base: str | None = None) -> Embedder:
     """Choose the embedder for the settings: see the module docstring."""
     if model == "hash":
         return HashEmbedder()
     offline = offline_embedder()
     if model in LOCAL_MODEL_NAMES or not use_remote:
         return offline
-    return FallbackEmbedder(LiteLLMEmbedder(model or "text-embedding-3-small"), offline)
+    return FallbackEmbedder(LiteLLMEmbedder(model or "text-embedding-3-small", api_base), offline)
 
 
 class QueryCache:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import anyio
 from pydantic import Field, ValidationError
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -61,6 +62,7 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8000
     embed_model: str | None = None
+    embed_api_base: str | None = None
     use_litellm: bool = False
     auth_token: str | None = None
     log_level: str = "INFO"
@@ -92,6 +94,7 @@ class Settings:
             host=host,
             port=port,
             embed_model=env.get("SELFMCP_EMBED_MODEL") or None,
+            embed_api_base=env.get("SELFMCP_EMBED_API_BASE") or None,
             use_litellm=bool(env.get("OPENAI_API_KEY") or env.get("SELFMCP_USE_LITELLM")),
             auth_token=env.get("SELFMCP_AUTH_TOKEN") or None,
             log_level=level,
@@ -187,7 +190,8 @@ READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_wo
 def create_server(settings: Settings, registry: skills.Registry | None = None) -> MCPServer:
     """Build the MCP server for `settings`; tests may pass their own registry."""
     if registry is None:
-        embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm)
+        embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm,
+                                                   api_base=settings.embed_api_base)
         registry = skills.Registry(settings.db_path, embedder, environ=settings.environ)
         registry.seed_core_skills()
     mcp = SelfMCPServer("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level)
@@ -415,12 +419,33 @@ def _start_reembedding(registry: skills.Registry) -> None:
     threading.Thread(target=work, name="selfmcp-reembed", daemon=True).start()
 
 
+def _claim_stdout() -> Any:
+    """Keep fd 1 for the protocol alone: anything else written to stdout goes to stderr.
+
+    Done before anything is imported or seeded, so a library that prints on import or
+    logs to stdout (LiteLLM does) cannot corrupt the stdio stream.
+    """
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return open(protocol_fd, "w", encoding="utf-8", closefd=True)
+
+
+async def _serve_stdio(mcp: MCPServer, protocol_out: Any) -> None:
+    from mcp.server.stdio import stdio_server
+
+    async with stdio_server(stdout=anyio.wrap_file(protocol_out)) as (read_stream, write_stream):
+        lowlevel = mcp._lowlevel_server  # noqa: SLF001 - run_stdio_async() offers no stream parameter
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
+    protocol_out = _claim_stdout() if settings.transport == "stdio" else None
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     mcp = create_server(settings)
@@ -428,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     _start_reembedding(registry)
     log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
              registry.embedder.model_id)
-    if settings.transport == "stdio":
-        mcp.run("stdio")
+    if protocol_out is not None:
+        anyio.run(_serve_stdio, mcp, protocol_out)
         return 0
     _warn_if_exposed(settings)
     import uvicorn
