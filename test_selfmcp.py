@@ -31,7 +31,7 @@ import pytest
 
 import db
 import skills
-from embeddings import FallbackEmbedder, LiteLLMEmbedder, normalise
+from embeddings import FallbackEmbedder, LiteLLMEmbedder, make_embedder, normalise
 from mcp import Client, StdioServerParameters
 from server import ConfigError, Settings
 
@@ -328,7 +328,10 @@ def test_vectors_made_by_the_fallback_are_re_embedded_when_the_remote_answers_ag
     assert registry.search("csv json", "vector", 3)["results"][0]["id"] == sid  # offline query vs offline vectors
     remote.broken = False
     assert registry.stale_embeddings() == [s["id"] for s in registry.list_summary()["skills"]]
-    registry.reembed_stale()
+    registry.search("anything", "vector", 3)  # the remote answers again: a re-embed pass starts
+    deadline = time.monotonic() + 10
+    while registry.stale_embeddings() and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert rows(db_path, "select distinct model from skill_embeddings") == [("remote-model",)]
     assert registry.search("csv json", "vector", 3)["results"][0]["id"] == sid
 
@@ -472,6 +475,35 @@ def test_litellm_embeddings_against_a_local_fake_server(monkeypatch):
     assert vectors.shape == (2, 3)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
     assert embedder.model_id == "litellm:openai/text-embedding-3-small"
+
+
+def test_the_optional_sentence_transformers_model_is_chosen_by_name_and_loaded_lazily(monkeypatch):
+    import types
+
+    loaded: list[str] = []
+
+    class FakeSentenceTransformer:
+        def __init__(self, path, device):
+            loaded.append(path)
+
+        def encode(self, texts, **kwargs):
+            return np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers",
+                        types.SimpleNamespace(SentenceTransformer=FakeSentenceTransformer))
+    embedder = make_embedder("sentence-transformers:/models/my-minilm", use_remote=False)
+    assert embedder.model_id == "sentence-transformers:my-minilm" and loaded == []
+    vectors = embedder.embed(["ab", "abcd"])
+    assert loaded == ["/models/my-minilm"] and vectors.shape == (2, 2)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
+
+
+def test_the_default_offline_embedder_is_the_shipped_static_model():
+    embedder = make_embedder(None, use_remote=False)
+    assert embedder.model_id.startswith("minilm-l6-static")
+    near, far = embedder.embed(["send an email to a colleague", "get tomorrow's weather forecast"])
+    query = embedder.embed(["compose and deliver electronic mail"])[0]
+    assert float(query @ near) > float(query @ far)
 
 
 # ------------------------------------------------------------------------------ settings
