@@ -124,6 +124,8 @@ def connect(path: str | os.PathLike[str], *, migrate_schema: bool = True) -> sql
     conn.execute("pragma journal_mode = wal")
     conn.execute("pragma synchronous = normal")
     conn.execute("pragma foreign_keys = on")
+    # Keep the FTS index and hot pages in memory: keyword search reads many doclists.
+    conn.execute("pragma cache_size = -65536")
     if migrate_schema:
         migrate(conn)
     return conn

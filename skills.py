@@ -13,7 +13,9 @@ computed before the transaction starts, so no network call ever holds the write 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -47,7 +49,7 @@ MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 DEFAULT_TIMEOUT_S = 30
 MAX_TOP_K = 50
 SEARCH_MODES = ("keyword", "vector", "hybrid")
-SUMMARY_DEFAULT_LIMIT = 200
+SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
 SHORT_DESCRIPTION_CHARS = 120
 # Hybrid score = VECTOR_WEIGHT * minmax(cosine) + (1 - VECTOR_WEIGHT) * bm25 / best bm25.
@@ -211,22 +213,15 @@ def split_words(text: str) -> list[str]:
     return words
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 MATCH expression for free text: quoted terms ORed, stop words dropped.
+def fts_terms(query: str) -> list[str]:
+    """The query's words as FTS5 terms: stop words dropped, each quoted, 4+ letters as prefixes.
 
-    Every term is quoted, so FTS syntax in the query (NOT, OR, -, *, :, quotes) is
-    searched for as words, never parsed. None when the query has no searchable word.
+    Quoting makes FTS syntax in the query (NOT, OR, -, *, :, quotes) words to search
+    for, never operators. A query of stop words only keeps them all.
     """
     words = split_words(query)
-    terms = [w for w in words if w not in STOP_WORDS] or words
-    seen: list[str] = []
-    for w in terms:
-        if w not in seen:
-            seen.append(w)
-    if not seen:
-        return None
-    parts = [f'"{w}"*' if len(w) >= 4 else f'"{w}"' for w in seen[:32]]
-    return " OR ".join(parts)
+    terms = list(dict.fromkeys(w for w in words if w not in STOP_WORDS)) or list(dict.fromkeys(words))
+    return [f'"{w}"*' if len(w) >= 4 else f'"{w}"' for w in terms[:32]]
 
 
 def short_description(description: str) -> str:
@@ -377,8 +372,9 @@ def embedding_text(name: str, description: str, body: str) -> str:
 class Registry:
     """All registry operations over one SQLite file.
 
-    Holds the database *path*, and opens a connection per call (tools run in worker
-    threads, and a connection must stay in the thread that made it).
+    Holds the database *path* and one connection per thread (tools run in worker threads,
+    and a connection must stay in the thread that made it); reusing it keeps a search
+    from paying for a new connection every call.
     """
 
     def __init__(self, db_path: str | os.PathLike[str], embedder: Embedder, *,
@@ -390,18 +386,21 @@ class Registry:
         self._query_cache = QueryCache()
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
-        with self._connect(migrate_schema=True):
-            pass
+        self._local = threading.local()
+        self._reembed_lock = threading.Lock()
+        if hasattr(embedder, "on_recovered"):
+            embedder.on_recovered = self.reembed_in_background
+        with contextlib.closing(db.connect(db_path, migrate_schema=True)) as conn:
+            self._core_ids = {r[0] for r in conn.execute("select id from skills where is_core = 1")}
 
     # -- plumbing
 
     @contextlib.contextmanager
-    def _connect(self, *, migrate_schema: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = db.connect(self.db_path, migrate_schema=migrate_schema)
-        try:
-            yield conn
-        finally:
-            conn.close()
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = db.connect(self.db_path, migrate_schema=False)
+        yield conn
 
     def _get_row(self, conn: sqlite3.Connection, skill_id: Any, *, active: bool = True) -> sqlite3.Row:
         if isinstance(skill_id, bool) or not isinstance(skill_id, int):
@@ -553,11 +552,17 @@ class Registry:
                          (*patch.values(), now, skill_id))
             new = conn.execute("select * from skills where id = ?", (skill_id,)).fetchone()
             self._archive_version(conn, skill_id, now)
-            # The vector is stored under the hash of the text it was made from: if a
-            # concurrent update changed that text, the re-embed pass sees the mismatch.
+            final_hash = content_hash(embedding_text(new["name"], new["description"], new["body"]))
+            if vector is not None and content_hash(text) != final_hash:
+                vector = None  # a concurrent update changed the text we embedded
+            stale = vector is None and conn.execute(
+                "select 1 from skill_embeddings where skill_id = ? and content_hash != ?",
+                (skill_id, final_hash)).fetchone() is not None
+            if stale:  # a missing vector is what the re-embed pass looks for
+                conn.execute("delete from skill_embeddings where skill_id = ?", (skill_id,))
             self._write_derived(conn, skill_id, new["name"], new["description"], new["body"],
-                                (vector, model), content_hash(text), now)
-        if vector is not None:
+                                (vector, model), final_hash, now)
+        if vector is not None or stale:
             self._index_after_write(skill_id, vector, model, active=True)
         return {"id": skill_id, "name": new["name"], "version": new["version"],
                 "updated_fields": sorted(k.removesuffix("_json") for k in patch)}
@@ -663,9 +668,10 @@ class Registry:
         return out
 
     def _keyword_scores(self, query: str) -> dict[int, float]:
-        match = fts_query(query)
-        if match is None:
+        terms = fts_terms(query)
+        if not terms:
             return {}
+        match = " OR ".join(terms)
         with self._connect() as conn:
             rows = conn.execute(
                 """
@@ -745,50 +751,52 @@ class Registry:
         return {i: VECTOR_WEIGHT * vector.get(i, 0.0) + (1 - VECTOR_WEIGHT) * keyword.get(i, 0.0) for i in ids}
 
     def _rank(self, scores: dict[int, float], top_k: int) -> list[dict[str, Any]]:
+        """The `top_k` best of `scores` (ties by id) as summary records with their score."""
         if not scores:
             return []
-        ids = list(scores)
+        core = self._core_ids
+        adjusted = {i: s * CORE_SCORE_FACTOR if i in core else s for i, s in scores.items()}
+        # Deleted skills are already out of the FTS table and the vector index; fetching a
+        # few spare rows covers one deleted between the index lookup and this query.
+        ordered = heapq.nsmallest(top_k + 5, adjusted, key=lambda i: (-round(adjusted[i], 9), i))
+        marks = ",".join("?" * len(ordered))
         with self._connect() as conn:
-            rows = {}
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                for r in conn.execute(
-                        f"""
-                        select s.id, s.is_core, c.summary_json
-                        from skills s
-                        join skill_summary_cache c on c.id = s.id
-                        where s.is_active = 1 and s.id in ({marks})
-                        """,
-                        chunk):
-                    rows[r[0]] = r
-        adjusted = {i: scores[i] * (CORE_SCORE_FACTOR if rows[i][1] else 1.0) for i in rows}
-        ordered = sorted(adjusted, key=lambda i: (-round(adjusted[i], 9), i))[:top_k]
+            found = dict(conn.execute(
+                f"""
+                select s.id, c.summary_json
+                from skills s
+                join skill_summary_cache c on c.id = s.id
+                where s.is_active = 1 and s.id in ({marks})
+                """,
+                ordered).fetchall())
         results = []
         for i in ordered:
-            item = json.loads(rows[i][2])
-            item["score"] = round(min(1.0, max(0.0, adjusted[i])), 4)
-            results.append(item)
+            if i in found and len(results) < top_k:
+                item = json.loads(found[i])
+                item["score"] = round(min(1.0, max(0.0, adjusted[i])), 4)
+                results.append(item)
         return results
 
     # -- embeddings upkeep
 
     def stale_embeddings(self, limit: int | None = None) -> list[int]:
-        """Active skills whose vector is missing, from another model, or from older text."""
-        model = self.embedder.model_id
+        """Active skills with no vector of the active model (missing, or another model's).
+
+        Writes keep vectors in step with the text, deleting a vector they could not
+        refresh, so this needs no text comparison and stays one indexed query.
+        """
         with self._connect() as conn:
             rows = conn.execute(
                 """
-                select s.id, s.name, s.description, s.body, e.model, e.content_hash
+                select s.id
                 from skills s
                 left join skill_embeddings e on e.skill_id = s.id
-                where s.is_active = 1
+                where s.is_active = 1 and (e.skill_id is null or e.model != ?)
                 order by s.id
-                """).fetchall()
-        stale = [r["id"] for r in rows
-                 if r["model"] != model
-                 or r["content_hash"] != content_hash(embedding_text(r["name"], r["description"], r["body"]))]
-        return stale if limit is None else stale[:limit]
+                limit ?
+                """,
+                (self.embedder.model_id, -1 if limit is None else limit)).fetchall()
+        return [r[0] for r in rows]
 
     def reembed_stale(self, batch_size: int = 64,
                       progress: Callable[[int, int], None] | None = None) -> int:
@@ -829,6 +837,26 @@ class Registry:
                 progress(done, len(stale))
         return done
 
+    def reembed_in_background(self) -> threading.Thread | None:
+        """Start re-embedding stale vectors in a daemon thread, unless a pass is already running."""
+        if not self._reembed_lock.acquire(blocking=False):
+            return None
+
+        def work() -> None:
+            try:
+                count = self.reembed_stale(progress=lambda done, total: log.info(
+                    "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
+                if count:
+                    log.info("re-embedding finished: %d skills", count)
+            except Exception:
+                log.exception("re-embedding failed; vector search covers the skills embedded so far")
+            finally:
+                self._reembed_lock.release()
+
+        thread = threading.Thread(target=work, name="selfmcp-reembed", daemon=True)
+        thread.start()
+        return thread
+
     # -- core skills
 
     def seed_core_skills(self) -> None:
@@ -842,6 +870,8 @@ class Registry:
             elif not row["is_core"]:
                 with self._connect() as conn, db.transaction(conn):
                     conn.execute("update skills set is_core = 1 where id = ?", (row["id"],))
+        with self._connect() as conn:
+            self._core_ids = {r[0] for r in conn.execute("select id from skills where is_core = 1")}
 
     # -- credentials and execution
 
