@@ -110,6 +110,49 @@ MIGRATIONS: list[Sequence[str]] = [
         """,
         "create index skill_runs_skill on skill_runs(skill_id, id)",
     ),
+    # 3: the built-in OAuth server (oauth.py): clients, one-time codes, hashed tokens, owner password.
+    (
+        """
+        create table oauth_clients (
+            client_id text primary key,
+            info_json text not null,
+            created_at integer not null,
+            last_used_at integer
+        )
+        """,
+        """
+        create table oauth_codes (
+            code_hash text primary key,
+            client_id text not null references oauth_clients(client_id) on delete cascade,
+            grant_id text not null,
+            data_json text not null,
+            expires_at real not null,
+            used_at integer
+        )
+        """,
+        # An access token and its refresh token share a grant_id: revoking one revokes both.
+        """
+        create table oauth_tokens (
+            token_hash text primary key,
+            kind text not null check (kind in ('access', 'refresh')),
+            client_id text not null references oauth_clients(client_id) on delete cascade,
+            grant_id text not null,
+            scopes text not null,
+            resource text,
+            expires_at integer not null,
+            created_at integer not null,
+            rotated_at integer
+        )
+        """,
+        "create index oauth_tokens_grant on oauth_tokens(grant_id)",
+        """
+        create table oauth_owner (
+            id integer primary key check (id = 1),
+            password_hash text not null,
+            created_at text not null
+        )
+        """,
+    ),
 ]
 
 

@@ -1,0 +1,246 @@
+"""Transport safety for the HTTP server: public URL, Host allow-list, body bounds, login lockout.
+
+Nothing here knows about skills or OAuth. `RequestGuard` is the outermost ASGI middleware:
+
+    RequestGuard          421 for a Host outside the allow-list (DNS rebinding), 413 for a body
+      |                   declared too large; logs 401s and failed OAuth requests without secrets
+      +-- the SDK's app   bearer check, /mcp (its own Origin check and 4 MiB body cap), OAuth routes
+
+It runs first so a request with a foreign Host gets 421 even without a token (in the SDK's app
+the bearer check would answer 401 before its own Host check).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from mcp.server.transport_security import TransportSecuritySettings
+
+log = logging.getLogger("selfmcp.http")
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MAX_BODY_BYTES = 4 * 1024 * 1024  # the SDK's own cap on /mcp; nothing we serve needs more
+# Paths a wrong Host may still reach: they reveal nothing (a platform's health check may use any Host).
+OPEN_PATHS = ("/health", "/")
+OAUTH_PATHS = ("/token", "/register", "/revoke", "/authorize")
+MCP_PATHS = ("/mcp", "/sse", "/messages")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, IPv6 with or without brackets) is this machine only."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_secure_origin(url: str) -> bool:
+    """https, or http to this machine only: what an OAuth issuer may be (RFC 8414, as the SDK checks)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or parts.scheme == "http" and is_loopback(parts.hostname or "")
+
+
+def normalize_public_url(text: str) -> str:
+    """`https://host[:port][/prefix]` without a trailing slash; ValueError with the reason otherwise."""
+    url = text.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL such as https://mcp.example.com")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{text!r} must not have a query or fragment")
+    if parts.path:
+        raise ValueError(f"{text!r} must not have a path: the server serves /mcp and OAuth at the root")
+    return url
+
+
+def replit_public_url(domains: str | None, dev_domain: str | None) -> str | None:
+    """`https://<first REPLIT_DOMAINS entry>` (deployments and workspace), else REPLIT_DEV_DOMAIN."""
+    for candidate in [*(domains or "").split(","), dev_domain or ""]:
+        if candidate.strip():
+            return f"https://{candidate.strip()}"
+    return None
+
+
+def default_public_url(bind_host: str, port: int) -> str:
+    """The URL a client on this machine uses when no public URL is configured."""
+    host = bind_host.strip("[]")
+    if host in ("", "0.0.0.0", "::") or not is_loopback(host) and not _is_ip(host):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_host(value: str) -> tuple[str, int | None]:
+    """`example.com:8000` -> ("example.com", 8000); `[::1]:80` -> ("::1", 80); bad port -> ("", None)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    else:
+        host, port_text = value, ""
+    if not port_text:
+        return host, None
+    if not port_text.isdigit():
+        return "", None
+    return host, int(port_text)
+
+
+class HostAllowList:
+    """Host header values this server answers to: loopback, the public URL's host, configured extras.
+
+    An entry without a port allows any port; `host:port` allows that port only.
+    """
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries: list[tuple[str, int | None]] = []
+        for entry in entries:
+            host, port = _split_host(entry)
+            if host and (host, port) not in self.entries and (host, None) not in self.entries:
+                self.entries.append((host, port))
+
+    @classmethod
+    def for_server(cls, bind_host: str, public_url: str, extra: Iterable[str] = ()) -> HostAllowList:
+        entries = [*LOOPBACK_HOSTS, urlsplit(public_url).netloc, *extra]
+        bind = bind_host.strip("[]")
+        if bind not in ("", "0.0.0.0", "::"):
+            entries.append(f"[{bind}]" if ":" in bind else bind)  # an explicit bind address is no rebinding vector
+        return cls(entries)
+
+    def allows(self, host_header: str | None) -> bool:
+        if not host_header:
+            return False
+        host, port = _split_host(host_header)
+        return any(host == h and (p is None or p == port) for h, p in self.entries) if host else False
+
+    def describe(self) -> str:
+        return ", ".join(f"[{h}]" if ":" in h else h if p is None else f"{h}:{p}" for h, p in self.entries)
+
+    def transport_security(self) -> TransportSecuritySettings:
+        """The SDK's settings for the same list (its Host check agrees; it adds the Origin check)."""
+        hosts: list[str] = []
+        origins: list[str] = []
+        for host, port in self.entries:
+            name = f"[{host}]" if ":" in host else host
+            hosts += [name, f"{name}:*"] if port is None else [f"{name}:{port}"]
+            for scheme in ("http", "https"):
+                origins += [f"{scheme}://{name}", f"{scheme}://{name}:*"] if port is None \
+                    else [f"{scheme}://{name}:{port}"]
+        return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                         allowed_origins=origins)
+
+
+async def _send_json(send: Callable[..., Any], status: int, body: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    """Outermost ASGI middleware: Host allow-list (421), declared body size (413), auth-failure logging."""
+
+    def __init__(self, app: Any, hosts: HostAllowList, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.hosts = hosts
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        path = scope.get("path", "")
+        client = (scope.get("client") or ("unknown",))[0]
+        host = headers.get(b"host", b"").decode("latin-1")
+        if not self.hosts.allows(host) and not (path in OPEN_PATHS and scope.get("method") == "GET"):
+            log.warning("refused a request for %s from %s: Host %r is not allowed", path, client, host[:100])
+            await _send_json(send, 421, (
+                b'{"error": "host_not_allowed", "message": "This server does not answer to that Host header.", '
+                b'"hint": "Connect through SELFMCP_PUBLIC_URL, or add the host to SELFMCP_ALLOWED_HOSTS."}'))
+            return
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            await _send_json(send, 413, b'{"error": "body_too_large", "message": "The request body is too large."}')
+            return
+        if not (path.startswith(MCP_PATHS) or path in OAUTH_PATHS):
+            await self.app(scope, receive, send)
+            return
+
+        has_token = headers.get(b"authorization", b"").lower().startswith(b"bearer ")
+
+        async def watching_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                _log_failure(path, scope.get("method", ""), client, message["status"], has_token)
+            await send(message)
+
+        await self.app(scope, receive, watching_send)
+
+
+def _log_failure(path: str, method: str, client: str, status: int, has_token: bool) -> None:
+    # Never the token itself: only whether one was sent.
+    if path in OAUTH_PATHS:
+        if status >= 400:
+            log.warning("OAuth %s %s from %s failed with %d", method, path, client, status)
+    elif status == 401 and has_token:
+        log.warning("rejected a bearer token (unknown, expired or revoked) for %s %s from %s", method, path, client)
+    elif status == 401:
+        log.info("asked %s for a bearer token (%s %s)", client, method, path)
+
+
+class LoginLimiter:
+    """Failed-password counting per client address: `max_failures` within `lockout_s` lock it for `lockout_s`."""
+
+    def __init__(self, max_failures: int = 5, lockout_s: float = 15 * 60, *,
+                 clock: Callable[[], float] = time.monotonic, max_tracked: int = 10_000) -> None:
+        self.max_failures = max_failures
+        self.lockout_s = lockout_s
+        self.clock = clock
+        self.max_tracked = max_tracked
+        self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+
+    def locked_for(self, key: str) -> float:
+        """Seconds until `key` may try again; 0 when it is not locked."""
+        remaining = self._locked_until.get(key, 0.0) - self.clock()
+        if remaining <= 0:
+            self._locked_until.pop(key, None)
+            return 0.0
+        return remaining
+
+    def record_failure(self, key: str) -> int:
+        """Count a wrong password; return the failures within the window (locks at max_failures)."""
+        now = self.clock()
+        recent = [t for t in self._failures.get(key, []) if now - t < self.lockout_s] + [now]
+        self._failures[key] = recent
+        if len(recent) >= self.max_failures:
+            self._locked_until[key] = now + self.lockout_s
+            self._failures.pop(key)
+        self._prune(now)
+        return len(recent)
+
+    def record_success(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+    def _prune(self, now: float) -> None:
+        if len(self._failures) + len(self._locked_until) <= self.max_tracked:
+            return
+        self._failures = {k: v for k, v in self._failures.items() if now - v[-1] < self.lockout_s}
+        self._locked_until = {k: v for k, v in self._locked_until.items() if v > now}

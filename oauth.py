@@ -1,0 +1,483 @@
+"""The built-in OAuth 2.1 authorization server that lets remote clients (Claude.ai) connect.
+
+`OAuthProvider` implements the SDK's authorization-server provider interface; the SDK serves the
+metadata, /register, /authorize (PKCE S256 required), /token and /revoke around it. `authorize()`
+sends the browser to the consent page (consent.py), where the owner approves the client with the
+owner password; `approve()` then issues a one-time code.
+
+Storage is the skills SQLite file (tables from db.MIGRATIONS[2]): clients, codes and tokens survive
+restarts. Codes and tokens are stored as SHA-256 hashes, the owner password as a salted scrypt hash.
+Lifetimes: codes 5 minutes, access tokens 1 hour, refresh tokens 30 days. Refresh tokens rotate;
+presenting a rotated one again revokes its whole grant (it was copied).
+
+`RemoteAuth` picks the mode (oauth, token, none) and gives MCPServer its arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import anyio.to_thread
+
+from mcp.server.auth.provider import (
+    AccessToken,
+    AuthorizationCode,
+    AuthorizationParams,
+    AuthorizeError,
+    RefreshToken,
+    RegistrationError,
+    TokenError,
+    construct_redirect_uri,
+)
+from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
+from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+
+import db
+
+log = logging.getLogger("selfmcp.oauth")
+
+AUTH_MODES = ("oauth", "token", "none")
+CODE_TTL_S = 5 * 60
+ACCESS_TOKEN_TTL_S = 60 * 60
+REFRESH_TOKEN_TTL_S = 30 * 24 * 60 * 60
+CONSENT_TTL_S = 10 * 60
+STATIC_TOKEN_CLIENT_ID = "selfmcp-auth-token"
+MAX_CLIENTS = 1000
+MAX_PENDING_CONSENTS = 1000
+UNUSED_CLIENT_TTL_S = 24 * 60 * 60
+# scrypt at N=2**14, r=8 (16 MiB, ~50 ms): slow enough against guessing a leaked hash offline.
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+UNSAFE_REDIRECT_SCHEMES = ("javascript", "data", "file", "vbscript", "about", "blob")
+
+
+# ------------------------------------------------------------------------------ secrets
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """A salted scrypt hash: `scrypt$N$r$p$salt$hash` (base64)."""
+    salt = salt or secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    """Whether `password` matches a `hash_password()` result, compared in constant time."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest)
+        actual = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                                dklen=len(expected))
+    except ValueError:
+        log.error("the stored owner password hash is malformed; reset it with --reset-owner-password")
+        return False
+    return scheme == "scrypt" and hmac.compare_digest(actual, expected)
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _now_text() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
+    with contextlib.closing(db.connect(db_path)) as conn:
+        yield conn
+
+
+def new_owner_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+def ensure_owner_password(db_path: Path) -> str | None:
+    """Create the owner password on first start; return it then (to print once), None afterwards."""
+    with _connect(db_path) as conn:
+        if conn.execute("select 1 from oauth_owner where id = 1").fetchone():
+            return None
+    password = new_owner_password()
+    with _connect(db_path) as conn, db.transaction(conn):
+        cursor = conn.execute("""
+            insert or ignore into oauth_owner (id, password_hash, created_at)
+            values (1, ?, ?)
+        """, (hash_password(password), _now_text()))
+        return password if cursor.rowcount else None
+
+
+def reset_owner_password(db_path: Path) -> str:
+    """Replace the stored owner password with a new one and sign every OAuth client out; return it."""
+    password = new_owner_password()
+    with _connect(db_path) as conn, db.transaction(conn):
+        conn.execute("""
+            insert or replace into oauth_owner (id, password_hash, created_at)
+            values (1, ?, ?)
+        """, (hash_password(password), _now_text()))
+        conn.execute("delete from oauth_tokens")
+        conn.execute("delete from oauth_codes")
+    return password
+
+
+def _canonical_url(url: str) -> tuple[str, str, int | None, str]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port, parts.path.rstrip("/")
+
+
+def _check_redirect_uri(uri: str) -> None:
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme in UNSAFE_REDIRECT_SCHEMES or parts.fragment:
+        raise RegistrationError("invalid_redirect_uri", f"Redirect URI {uri!r} is not allowed.")
+    if scheme == "http" and not _is_loopback_name(parts.hostname or ""):
+        raise RegistrationError("invalid_redirect_uri",
+                                f"Redirect URI {uri!r} must use https (plain http only on localhost).")
+
+
+def _is_loopback_name(host: str) -> bool:
+    return host.lower() in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+# ------------------------------------------------------------------------------ provider
+
+class StoredAccessToken(AccessToken):
+    grant_id: str | None = None
+
+
+class StoredRefreshToken(RefreshToken):
+    grant_id: str
+
+
+@dataclass
+class ConsentRequest:
+    """An /authorize request waiting for the owner on the consent page (kept in memory)."""
+
+    id: str
+    csrf: str
+    client: OAuthClientInformationFull
+    params: AuthorizationParams
+    expires_at: float
+
+    @property
+    def redirect_host(self) -> str:
+        parts = urlsplit(str(self.params.redirect_uri))
+        return parts.netloc or f"{parts.scheme}:"
+
+
+class OAuthProvider:
+    """The SDK's OAuthAuthorizationServerProvider, backed by the SQLite file at `db_path`."""
+
+    def __init__(self, db_path: Path, *, issuer_url: str, resource_url: str, static_token: str | None = None,
+                 owner_password: str | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.db_path = db_path
+        self.issuer_url = issuer_url
+        self.resource_url = resource_url
+        self.static_token = static_token
+        # A password from the environment is hashed in memory only; otherwise the stored hash is used.
+        self._env_password_hash = hash_password(owner_password) if owner_password else None
+        self.clock = clock
+        self._consents: dict[str, ConsentRequest] = {}
+        # Each scrypt check takes 16 MiB: at most two at once, however many forms arrive.
+        self._password_checks = anyio.CapacityLimiter(2)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await anyio.to_thread.run_sync(partial(fn, *args))
+
+    # -- clients
+
+    async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        return await self._run(self._get_client, client_id)
+
+    def _get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        with _connect(self.db_path) as conn:
+            row = conn.execute("select info_json from oauth_clients where client_id = ?", (client_id,)).fetchone()
+        return OAuthClientInformationFull.model_validate_json(row["info_json"]) if row else None
+
+    async def register_client(self, client_info: OAuthClientInformationFull) -> None:
+        if client_info.client_name and len(client_info.client_name) > 200:
+            raise RegistrationError("invalid_client_metadata", "client_name is longer than 200 characters.")
+        uris = [str(u) for u in client_info.redirect_uris or []]
+        if not uris or len(uris) > 10 or any(len(u) > 2000 for u in uris):
+            raise RegistrationError("invalid_redirect_uri", "Register 1 to 10 redirect URIs of up to 2000 characters.")
+        for uri in uris:
+            _check_redirect_uri(uri)
+        await self._run(self._register_client, client_info)
+        log.info("registered OAuth client %s (%r)", client_info.client_id, client_info.client_name)
+
+    def _register_client(self, client_info: OAuthClientInformationFull) -> None:
+        now = int(self.clock())
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            self._purge(conn, now)
+            count = conn.execute("select count(*) from oauth_clients").fetchone()[0]
+            if count >= MAX_CLIENTS:
+                raise RegistrationError("invalid_client_metadata",
+                                        "Too many registered clients; try again tomorrow.")
+            conn.execute("""
+                insert into oauth_clients (client_id, info_json, created_at)
+                values (?, ?, ?)
+            """, (client_info.client_id, client_info.model_dump_json(exclude_none=True), now))
+
+    def _purge(self, conn: sqlite3.Connection, now: int) -> None:
+        """Drop expired codes and tokens, and clients registered a day ago that never got a token."""
+        conn.execute("delete from oauth_codes where expires_at < ?", (now,))
+        conn.execute("delete from oauth_tokens where expires_at < ?", (now,))
+        conn.execute("""
+            delete from oauth_clients
+            where last_used_at is null
+              and created_at < ?
+        """, (now - UNUSED_CLIENT_TTL_S,))
+
+    # -- authorization (the consent page completes it)
+
+    async def authorize(self, client: OAuthClientInformationFull, params: AuthorizationParams) -> str:
+        if params.resource is not None and not self._is_our_resource(params.resource):
+            raise AuthorizeError("invalid_target", f"This server is {self.resource_url}, not {params.resource}.")
+        now = self.clock()
+        for stale in [k for k, c in self._consents.items() if c.expires_at < now]:
+            del self._consents[stale]
+        while len(self._consents) >= MAX_PENDING_CONSENTS:
+            del self._consents[next(iter(self._consents))]
+        request = ConsentRequest(id=secrets.token_urlsafe(24), csrf=secrets.token_urlsafe(32), client=client,
+                                 params=params, expires_at=now + CONSENT_TTL_S)
+        self._consents[request.id] = request
+        return f"{self.issuer_url}/consent?request={request.id}"
+
+    def _is_our_resource(self, resource: str) -> bool:
+        wanted = _canonical_url(resource)
+        return wanted in (_canonical_url(self.resource_url), _canonical_url(self.issuer_url))
+
+    def consent_request(self, request_id: str) -> ConsentRequest | None:
+        request = self._consents.get(request_id)
+        if request is None or request.expires_at < self.clock():
+            return None
+        return request
+
+    async def check_owner_password(self, password: str) -> bool:
+        stored = self._env_password_hash or await self._run(self._stored_password_hash)
+        if stored is None:
+            log.error("no owner password is set up; restart the server or set SELFMCP_OWNER_PASSWORD")
+            return False
+        return await anyio.to_thread.run_sync(verify_password, password, stored, limiter=self._password_checks)
+
+    def _stored_password_hash(self) -> str | None:
+        with _connect(self.db_path) as conn:
+            row = conn.execute("select password_hash from oauth_owner where id = 1").fetchone()
+        return row["password_hash"] if row else None
+
+    async def approve(self, request: ConsentRequest) -> str:
+        """Issue the authorization code for an approved consent; return the client redirect URL."""
+        self._consents.pop(request.id, None)
+        code = secrets.token_urlsafe(32)
+        await self._run(self._store_code, code, request)
+        log.info("the owner approved OAuth client %s (%r, redirect %s)", request.client.client_id,
+                 request.client.client_name, request.redirect_host)
+        return construct_redirect_uri(str(request.params.redirect_uri), code=code, state=request.params.state)
+
+    def deny(self, request: ConsentRequest) -> str:
+        self._consents.pop(request.id, None)
+        log.info("the owner denied OAuth client %s (%r)", request.client.client_id, request.client.client_name)
+        return construct_redirect_uri(str(request.params.redirect_uri), error="access_denied",
+                                      error_description="The owner denied access.", state=request.params.state)
+
+    def _store_code(self, code: str, request: ConsentRequest) -> None:
+        params = request.params
+        data = {"scopes": params.scopes or [], "code_challenge": params.code_challenge,
+                "redirect_uri": str(params.redirect_uri),
+                "redirect_uri_provided_explicitly": params.redirect_uri_provided_explicitly,
+                "resource": params.resource}
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            conn.execute("""
+                insert into oauth_codes (code_hash, client_id, grant_id, data_json, expires_at)
+                values (?, ?, ?, ?, ?)
+            """, (_token_hash(code), request.client.client_id, secrets.token_hex(16), json.dumps(data),
+                  self.clock() + CODE_TTL_S))
+
+    async def load_authorization_code(self, client: OAuthClientInformationFull,
+                                      authorization_code: str) -> AuthorizationCode | None:
+        return await self._run(self._load_code, client.client_id, authorization_code)
+
+    def _load_code(self, client_id: str, code: str) -> AuthorizationCode | None:
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            row = conn.execute("""
+                select grant_id, data_json, expires_at, used_at
+                from oauth_codes
+                where code_hash = ?
+                  and client_id = ?
+            """, (_token_hash(code), client_id)).fetchone()
+            if row is None:
+                return None
+            if row["used_at"] is not None:
+                # A code presented twice was intercepted: revoke what the first use obtained.
+                conn.execute("delete from oauth_tokens where grant_id = ?", (row["grant_id"],))
+                log.warning("an authorization code of client %s was used twice; its tokens are revoked", client_id)
+                return None
+        return AuthorizationCode(code=code, client_id=client_id, expires_at=row["expires_at"],
+                                 **json.loads(row["data_json"]))
+
+    async def exchange_authorization_code(self, client: OAuthClientInformationFull,
+                                          authorization_code: AuthorizationCode) -> OAuthToken:
+        return await self._run(self._exchange_code, client.client_id, authorization_code)
+
+    def _exchange_code(self, client_id: str, code: AuthorizationCode) -> OAuthToken:
+        now = int(self.clock())
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            row = conn.execute("""
+                select grant_id
+                from oauth_codes
+                where code_hash = ?
+                  and used_at is null
+            """, (_token_hash(code.code),)).fetchone()
+            if row is None:
+                raise TokenError("invalid_grant", "The authorization code was already used.")
+            conn.execute("update oauth_codes set used_at = ? where code_hash = ?", (now, _token_hash(code.code)))
+            conn.execute("update oauth_clients set last_used_at = ? where client_id = ?", (now, client_id))
+            return self._issue(conn, client_id, row["grant_id"], code.scopes, code.resource, now)
+
+    def _issue(self, conn: sqlite3.Connection, client_id: str, grant_id: str, scopes: list[str],
+               resource: str | None, now: int) -> OAuthToken:
+        access, refresh = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        for token, kind, ttl in ((access, "access", ACCESS_TOKEN_TTL_S), (refresh, "refresh", REFRESH_TOKEN_TTL_S)):
+            conn.execute("""
+                insert into oauth_tokens (token_hash, kind, client_id, grant_id, scopes, resource, expires_at,
+                                          created_at)
+                values (?, ?, ?, ?, ?, ?, ?, ?)
+            """, (_token_hash(token), kind, client_id, grant_id, " ".join(scopes), resource, now + ttl, now))
+        return OAuthToken(access_token=access, expires_in=ACCESS_TOKEN_TTL_S, refresh_token=refresh,
+                          scope=" ".join(scopes) or None)
+
+    # -- refresh, access, revocation
+
+    async def load_refresh_token(self, client: OAuthClientInformationFull,
+                                 refresh_token: str) -> StoredRefreshToken | None:
+        return await self._run(self._load_refresh, client.client_id, refresh_token)
+
+    def _load_refresh(self, client_id: str, token: str) -> StoredRefreshToken | None:
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            row = self._token_row(conn, token, "refresh")
+            if row is None or row["client_id"] != client_id:
+                return None
+            if row["rotated_at"] is not None:
+                conn.execute("delete from oauth_tokens where grant_id = ?", (row["grant_id"],))
+                log.warning("a replaced refresh token of client %s was presented again; its grant is revoked",
+                            client_id)
+                return None
+        return StoredRefreshToken(token=token, client_id=client_id, scopes=row["scopes"].split(),
+                                  expires_at=row["expires_at"], resource=row["resource"], grant_id=row["grant_id"])
+
+    def _token_row(self, conn: sqlite3.Connection, token: str, kind: str) -> sqlite3.Row | None:
+        return conn.execute("""
+            select client_id, grant_id, scopes, resource, expires_at, rotated_at
+            from oauth_tokens
+            where token_hash = ?
+              and kind = ?
+        """, (_token_hash(token), kind)).fetchone()
+
+    async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: StoredRefreshToken,
+                                     scopes: list[str]) -> OAuthToken:
+        return await self._run(self._rotate, client.client_id, refresh_token, scopes)
+
+    def _rotate(self, client_id: str, old: StoredRefreshToken, scopes: list[str]) -> OAuthToken:
+        now = int(self.clock())
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            # The rotated token stays (until it expires) so that a replay of it can be recognised.
+            cursor = conn.execute("""
+                update oauth_tokens
+                set rotated_at = ?
+                where token_hash = ?
+                  and rotated_at is null
+            """, (now, _token_hash(old.token)))
+            if cursor.rowcount == 0:
+                raise TokenError("invalid_grant", "The refresh token was already used.")
+            conn.execute("update oauth_clients set last_used_at = ? where client_id = ?", (now, client_id))
+            return self._issue(conn, client_id, old.grant_id, scopes, old.resource, now)
+
+    async def load_access_token(self, token: str) -> StoredAccessToken | None:
+        if self.static_token is not None and hmac.compare_digest(token.encode(), self.static_token.encode()):
+            return StoredAccessToken(token=token, client_id=STATIC_TOKEN_CLIENT_ID, scopes=[],
+                                     resource=self.resource_url)
+        return await self._run(self._load_access, token)
+
+    def _load_access(self, token: str) -> StoredAccessToken | None:
+        with _connect(self.db_path) as conn:
+            row = self._token_row(conn, token, "access")
+        if row is None or row["expires_at"] < self.clock():
+            return None
+        return StoredAccessToken(token=token, client_id=row["client_id"], scopes=row["scopes"].split(),
+                                 expires_at=row["expires_at"], resource=row["resource"] or self.resource_url,
+                                 grant_id=row["grant_id"])
+
+    async def revoke_token(self, token: StoredAccessToken | StoredRefreshToken) -> None:
+        """Revoke the whole grant: the access token and its refresh token go together."""
+        if token.grant_id is not None:
+            await self._run(self._revoke_grant, token.grant_id)
+            log.info("revoked an OAuth grant of client %s", token.client_id)
+
+    def _revoke_grant(self, grant_id: str) -> None:
+        with _connect(self.db_path) as conn, db.transaction(conn):
+            conn.execute("delete from oauth_tokens where grant_id = ?", (grant_id,))
+
+
+class StaticTokenVerifier:
+    """Token mode: the one SELFMCP_AUTH_TOKEN, compared in constant time."""
+
+    def __init__(self, token: str, resource_url: str) -> None:
+        self.token = token
+        self.resource_url = resource_url
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        if hmac.compare_digest(token.encode(), self.token.encode()):
+            return AccessToken(token=token, client_id=STATIC_TOKEN_CLIENT_ID, scopes=[], resource=self.resource_url)
+        return None
+
+
+# ------------------------------------------------------------------------------ assembly
+
+@dataclass
+class RemoteAuth:
+    """How HTTP clients authenticate: `mode` is oauth, token or none."""
+
+    mode: str
+    base_url: str
+    resource_url: str
+    provider: OAuthProvider | None = None
+    verifier: StaticTokenVerifier | None = None
+    server_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, mode: str, *, base_url: str, mcp_path: str, db_path: Path, auth_token: str | None,
+               owner_password: str | None) -> RemoteAuth:
+        resource_url = base_url + mcp_path
+        auth = cls(mode=mode, base_url=base_url, resource_url=resource_url)
+        if mode == "none":
+            return auth
+        # Strings, not AnyHttpUrl: AuthSettings keeps a path-less issuer without a trailing slash.
+        settings: dict[str, Any] = {"issuer_url": base_url, "resource_server_url": resource_url,
+                                    "validate_token_resource": False}  # the provider binds tokens to this resource
+        if mode == "token":
+            if not auth_token:
+                raise ValueError("token mode needs an auth token")
+            auth.verifier = StaticTokenVerifier(auth_token, resource_url)
+            auth.server_kwargs = {"token_verifier": auth.verifier, "auth": AuthSettings(**settings)}
+            return auth
+        auth.provider = OAuthProvider(db_path, issuer_url=base_url, resource_url=resource_url,
+                                      static_token=auth_token, owner_password=owner_password)
+        auth.server_kwargs = {"auth_server_provider": auth.provider, "auth": AuthSettings(
+            **settings, client_registration_options=ClientRegistrationOptions(enabled=True),
+            revocation_options=RevocationOptions(enabled=True))}
+        return auth
