@@ -13,19 +13,22 @@ from credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (
-        "selfMCP is a Python project: server.py (MCP wiring), skills.py (registry logic), db.py "
-        "(SQLite schema and migrations), embeddings.py (embedders and the in-memory vector index), "
-        "executor.py (subprocess runner), skillmd.py (SKILL.md parsing), credentials.py, core_skills.py. "
-        "It runs from the directory it was cloned into; `python3 server.py` starts it."
+        "selfMCP is a Python project: server.py (MCP wiring and settings), skills.py (registry logic), db.py "
+        "(SQLite schema and migrations), embeddings.py and static_embedder.py (embedders, vector index), "
+        "executor.py (subprocess runner and sandbox), depenv.py (dependency environments), redact.py, "
+        "oauth.py/consent.py/http_security.py (remote sign-in and transport safety), skillmd.py, "
+        "credentials.py, core_skills.py. `python3 server.py` starts it."
     ),
     "interface": (
-        "MCP only: there is no web UI. Clients (Claude Desktop, Claude.ai, Claude Code, Cursor) see eight "
-        "bootstrap tools and grow the toolbox by storing skills. HTTP also serves GET /health."
+        "MCP only: there is no web UI besides the OAuth consent page. Clients (Claude Desktop, Claude.ai, "
+        "Claude Code, Cursor) see eight bootstrap tools and grow the toolbox by storing skills. HTTP also "
+        "serves GET /health."
     ),
     "transport": (
         "SELFMCP_TRANSPORT picks the transport: streamable-http (default, served at /mcp), sse, or stdio. "
-        "HTTP binds SELFMCP_HOST (default 0.0.0.0) and SELFMCP_PORT (else PORT, else 8000). "
-        "If SELFMCP_AUTH_TOKEN is set, HTTP requests need 'Authorization: Bearer <token>' (/health stays open)."
+        "HTTP binds SELFMCP_HOST (default 0.0.0.0) and SELFMCP_PORT (else PORT, else 8000). Requests whose "
+        "Host header is not loopback, the public URL's host or in SELFMCP_ALLOWED_HOSTS get 421 "
+        "(DNS-rebinding protection)."
     ),
     "persistence": (
         "Everything lives in one SQLite file (SELFMCP_DB_PATH, default ./selfmcp.db) in WAL mode: skills, "
@@ -40,11 +43,17 @@ ABOUT_SECTIONS: dict[str, str] = {
     ),
     "execution": (
         "skill_execute runs the skill's Python (a plain script, or the ```python blocks of a SKILL.md) as a "
-        "subprocess in a fresh temporary directory and its own process group. Parameters arrive as JSON in the "
-        "SELFMCP_PARAMS environment variable; the server's environment is inherited, so keys set on the server "
-        "are in os.environ. The result is {stdout, stderr, exit_code, timed_out}. A timeout (default 30 s, "
-        "1-600) kills every process the run started; so does cancelling the call. Other calls keep being "
-        "answered while a skill runs."
+        "subprocess in a fresh temporary directory and its own process group, with limits on wall-clock time "
+        "(timeout 1-600 s, default 30), CPU time, memory (SELFMCP_EXEC_MEMORY_MB), file size and captured output "
+        "(SELFMCP_EXEC_MAX_OUTPUT per stream). A timeout, or cancelling the call, kills every process the run "
+        "started; other calls keep being answered meanwhile. With bubblewrap (SELFMCP_SANDBOX=auto|bwrap) the "
+        "run also has its own PID namespace, a read-only file system except its working directory, no view of "
+        "the database, and no network if SELFMCP_SANDBOX_NETWORK=0. Parameters arrive as JSON in "
+        "SELFMCP_PARAMS and are checked against the skill's params_schema when it has one. Dependencies are "
+        "installed once into a cached environment per requirement set. The run inherits the server's "
+        "environment (SELFMCP_SKILL_ENV=declared passes only a baseline plus the auth_config variables); "
+        "credential values are shown as [REDACTED:NAME] in results. The result is {stdout, stderr, exit_code, "
+        "timed_out, ...}; every run is recorded and skill_get_detail shows run statistics."
     ),
     "auth": (
         "A skill may declare auth_config: {type: api_key, env_var, instructions} or {type: oauth2, auth_url, "
@@ -52,7 +61,9 @@ ABOUT_SECTIONS: dict[str, str] = {
         "variables are set and otherwise returns error missing_credentials with the missing names; "
         "skill_auth_url then gives setup instructions or a prefilled OAuth2 authorization URL (and on Replit "
         "a link to the Secrets panel). Use the selfmcp_env_keys skill to see which credential variables exist "
-        "(names only, never values)."
+        "(names only, never values). The server itself is protected over HTTP by SELFMCP_AUTH: oauth (the "
+        "default on a public address: a built-in OAuth 2.1 server; the owner approves clients with the owner "
+        "password), token (SELFMCP_AUTH_TOKEN as a bearer token) or none."
     ),
     "bootstrap_tools": (
         "skill_list_summary (paged table of contents), skill_search (find by meaning or keywords), "
@@ -71,9 +82,10 @@ ABOUT_SECTIONS: dict[str, str] = {
     ),
     "replit_setup": (
         "Import the repository into Replit and press Run: .replit runs `python3 server.py`, which serves "
-        "streamable HTTP on Replit's PORT. Add API keys in Tools -> Secrets and restart the Repl. Connect "
-        "Claude.ai to https://<your-repl-domain>/mcp. Set SELFMCP_DB_PATH to keep the database somewhere "
-        "persistent if your Repl may be reset."
+        "streamable HTTP on Replit's PORT with OAuth, and prints the owner password once in the console. Add "
+        "API keys in Tools -> Secrets and restart the Repl. In Claude.ai add a custom connector with "
+        "https://<your-repl-domain>/mcp and sign in with the owner password. Set SELFMCP_DB_PATH to keep the "
+        "database somewhere persistent if your Repl may be reset."
     ),
 }
 

@@ -16,7 +16,6 @@ import logging
 import os
 import sqlite3
 import sys
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +26,12 @@ from pydantic import Field, ValidationError
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
+import consent
+import http_security
+import oauth
+import redact
 import skills
 from embeddings import Embedder, make_embedder
 
@@ -65,7 +67,18 @@ class Settings:
     embed_api_base: str | None = None
     use_litellm: bool = False
     auth_token: str | None = None
+    auth: str = "none"  # oauth | token | none; from_env() picks oauth for a non-loopback bind
+    owner_password: str | None = None
+    public_url: str | None = None  # https://host clients use; None: this machine's own address
+    allowed_hosts: tuple[str, ...] = ()
     log_level: str = "INFO"
+    env_dir: Path | None = None  # None: "envs" beside the database
+    exec_memory_mb: int = 1024
+    exec_max_output: int = 1 << 20
+    exec_concurrency: int = 4
+    sandbox: str = "auto"  # auto | bwrap | none
+    sandbox_network: bool = True
+    skill_env: str = "inherit"  # inherit | declared
     embedder: Embedder | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
@@ -96,10 +109,16 @@ class Settings:
             embed_model=env.get("SELFMCP_EMBED_MODEL") or None,
             embed_api_base=env.get("SELFMCP_EMBED_API_BASE") or None,
             use_litellm=bool(env.get("OPENAI_API_KEY") or env.get("SELFMCP_USE_LITELLM")),
-            auth_token=env.get("SELFMCP_AUTH_TOKEN") or None,
             log_level=level,
             environ=env,
+            **_remote_settings(env, transport, host, port),
+            **_execution_settings(env),
         )
+
+    @property
+    def base_url(self) -> str:
+        """Where clients reach this server: the OAuth issuer; the MCP endpoint is base_url + /mcp."""
+        return self.public_url or http_security.default_public_url(self.host, self.port)
 
     @property
     def is_loopback(self) -> bool:
@@ -109,6 +128,79 @@ class Settings:
             return ipaddress.ip_address(self.host.strip("[]")).is_loopback
         except ValueError:
             return False
+
+
+def _execution_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """SELFMCP_ENV_DIR, SELFMCP_EXEC_MEMORY_MB, SELFMCP_EXEC_MAX_OUTPUT, SELFMCP_EXEC_CONCURRENCY,
+    SELFMCP_SANDBOX, SELFMCP_SANDBOX_NETWORK, SELFMCP_SKILL_ENV."""
+
+    def number(name: str, default: int, low: int) -> int:
+        text = env.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise ConfigError(f"{name}={text!r} is not a whole number of at least {low}.")
+        return value
+
+    sandbox = (env.get("SELFMCP_SANDBOX") or "auto").strip().lower()
+    if sandbox not in ("auto", "bwrap", "none"):
+        raise ConfigError(f"SELFMCP_SANDBOX={sandbox!r} is not one of auto, bwrap, none.")
+    network = (env.get("SELFMCP_SANDBOX_NETWORK") or "1").strip().lower()
+    if network not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"SELFMCP_SANDBOX_NETWORK={network!r} is not 0 or 1.")
+    skill_env = (env.get("SELFMCP_SKILL_ENV") or "inherit").strip().lower()
+    if skill_env not in skills.SKILL_ENV_MODES:
+        raise ConfigError(f"SELFMCP_SKILL_ENV={skill_env!r} is not one of {', '.join(skills.SKILL_ENV_MODES)}.")
+    return {
+        "env_dir": Path(env["SELFMCP_ENV_DIR"]) if env.get("SELFMCP_ENV_DIR") else None,
+        "exec_memory_mb": number("SELFMCP_EXEC_MEMORY_MB", 1024, 0),
+        "exec_max_output": number("SELFMCP_EXEC_MAX_OUTPUT", 1 << 20, 1),
+        "exec_concurrency": number("SELFMCP_EXEC_CONCURRENCY", 4, 1),
+        "sandbox": sandbox,
+        "sandbox_network": network in ("1", "true", "yes", "on"),
+        "skill_env": skill_env,
+    }
+
+
+def execution_config(settings: Settings) -> skills.ExecutionConfig:
+    return skills.ExecutionConfig(
+        env_dir=settings.env_dir, memory_mb=settings.exec_memory_mb, max_output_bytes=settings.exec_max_output,
+        concurrency=settings.exec_concurrency, sandbox=settings.sandbox, sandbox_network=settings.sandbox_network,
+        skill_env=settings.skill_env)
+
+
+def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
+    """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS."""
+    token = env.get("SELFMCP_AUTH_TOKEN") or None
+    mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
+    if mode and mode not in oauth.AUTH_MODES:
+        raise ConfigError(f"SELFMCP_AUTH={mode!r} is not one of {', '.join(oauth.AUTH_MODES)}.")
+    loopback = http_security.is_loopback(host)
+    if transport == "stdio":
+        mode = "none"
+    elif not mode:
+        mode = ("token" if token else "none") if loopback else "oauth"
+    if mode == "token" and not token:
+        raise ConfigError("SELFMCP_AUTH=token needs SELFMCP_AUTH_TOKEN: a long random string clients send as "
+                          "'Authorization: Bearer <token>'.")
+    replit_domains = [d.strip() for d in [*env.get("REPLIT_DOMAINS", "").split(","), env.get("REPLIT_DEV_DOMAIN", "")]
+                      if d.strip()]
+    try:
+        public_url = (http_security.normalize_public_url(env["SELFMCP_PUBLIC_URL"]) if env.get("SELFMCP_PUBLIC_URL")
+                      else http_security.replit_public_url(env.get("REPLIT_DOMAINS"), env.get("REPLIT_DEV_DOMAIN")))
+    except ValueError as exc:
+        raise ConfigError(f"SELFMCP_PUBLIC_URL: {exc}.") from None
+    base = public_url or http_security.default_public_url(host, port)
+    if mode == "oauth" and not http_security.is_secure_origin(base):
+        raise ConfigError(f"OAuth needs an https address, and clients would reach this server at {base}: set "
+                          "SELFMCP_PUBLIC_URL=https://... (behind a TLS proxy), or use SELFMCP_AUTH=token.")
+    extra = [h.strip() for h in env.get("SELFMCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
+            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains)}
 
 
 # ------------------------------------------------------------------------------ errors
@@ -154,7 +246,7 @@ _ARGUMENT_CODES = {
     "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
     "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
     "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "skill_id": skills.SkillNotFound,
+    "limit": skills.InvalidLimit, "skill_id": skills.SkillNotFound, "params_schema": skills.InvalidParamsSchema,
 }
 
 
@@ -193,8 +285,15 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm,
                                                    api_base=settings.embed_api_base)
         registry = skills.Registry(settings.db_path, embedder, environ=settings.environ)
+        registry.configure_execution(execution_config(settings))
         registry.seed_core_skills()
-    mcp = SelfMCPServer("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level)
+    remote = oauth.RemoteAuth.create(
+        settings.auth if settings.transport != "stdio" else "none", base_url=settings.base_url,
+        mcp_path="/sse" if settings.transport == "sse" else "/mcp", db_path=settings.db_path,
+        auth_token=settings.auth_token, owner_password=settings.owner_password)
+    mcp = SelfMCPServer("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level,
+                        **remote.server_kwargs)
+    mcp.remote_auth = remote  # type: ignore[attr-defined]  # for main() and tests
     mcp.registry = registry  # type: ignore[attr-defined]  # for main() and tests
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -227,7 +326,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         Call this only after skill_search found nothing suitable. Returns {id, name, version, status}
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
         history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
-        invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config.
+        invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
+        invalid_params_schema.
         """
         return registry.create(name, description, body, dependencies, auth_config, params_schema)
 
@@ -266,16 +366,22 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
             "JSON object passed to the skill in the SELFMCP_PARAMS environment variable."))] = None,
         timeout: Annotated[float, Field(description="Seconds before the run and every process it started "
                                                     "are killed (1-600).", ge=1, le=600)] = skills.DEFAULT_TIMEOUT_S,
+        ctx: Context | None = None,
     ) -> dict[str, Any]:
-        """Run a skill's Python code in a subprocess and return what it printed.
+        """Run a skill's Python code in an isolated subprocess and return what it printed.
 
-        Read the skill with skill_get_detail first to know its params. The run gets a fresh working
-        directory and the server's environment. Returns {stdout, stderr, exit_code, timed_out,
-        duration_ms, skill_id, name, version}; a non-zero exit_code or timed_out=true is a result, not an
-        error. Errors: skill_not_found, missing_credentials (with `missing`; then call skill_auth_url),
-        invalid_params, invalid_timeout, not_executable (a SKILL.md without a python block).
+        Read the skill with skill_get_detail first to know its params (and params_schema, checked before
+        the run). The first run of a skill with dependencies installs them, with progress notifications;
+        later runs reuse them. Each run gets a fresh working directory, limits on time, memory and
+        output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns
+        {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated,
+        stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero exit_code or
+        timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
+        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout,
+        invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
         """
-        return await registry.execute(skill_id, params, timeout)
+        return await registry.execute(skill_id, params, timeout,
+                                      progress=ctx.report_progress if ctx is not None else None)
 
     @tool(READ_ONLY)
     def skill_list_summary(
@@ -334,6 +440,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         count = await _to_thread(registry.count_active)
         return JSONResponse({"status": "ok", "skills": count, "transport": settings.transport})
 
+    if settings.transport != "stdio":
+        consent.add_routes(mcp, remote)  # consent page, root resource metadata, landing
     return mcp
 
 
@@ -345,78 +453,59 @@ async def _to_thread(fn: Callable[[], Any]) -> Any:
 
 # ------------------------------------------------------------------------------ transports
 
-class BearerTokenMiddleware:
-    """Require `Authorization: Bearer <token>` on every HTTP path except /health."""
-
-    def __init__(self, app: Any, token: str, open_paths: tuple[str, ...] = ("/health",)) -> None:
-        self.app = app
-        self.expected = f"Bearer {token}".encode()
-        self.open_paths = open_paths
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        import hmac
-
-        if scope["type"] != "http" or scope.get("path") in self.open_paths:
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope.get("headers") or []).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
-            await self.app(scope, receive, send)
-            return
-        log.warning("rejected an HTTP request to %s without a valid bearer token", scope.get("path"))
-        body = json.dumps({"error": "unauthorized", "message": "A valid bearer token is required.",
-                           "hint": "Send 'Authorization: Bearer <SELFMCP_AUTH_TOKEN>'."}).encode()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"www-authenticate", b'Bearer realm="selfmcp"')]})
-        await send({"type": "http.response.body", "body": body})
-
-
-def transport_security(settings: Settings) -> TransportSecuritySettings:
-    if settings.is_loopback:
-        return TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
-    return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+def allowed_hosts(settings: Settings) -> http_security.HostAllowList:
+    """Host headers answered: loopback, the public URL's host, SELFMCP_ALLOWED_HOSTS (and Replit's domains)."""
+    return http_security.HostAllowList.for_server(settings.host, settings.base_url, settings.allowed_hosts)
 
 
 def http_app(mcp: MCPServer, settings: Settings) -> Any:
-    """The ASGI app for the HTTP transports, with bearer-token protection when configured."""
-    security = transport_security(settings)
+    """The ASGI app for the HTTP transports: the Host allow-list guards it on every bind, before any auth."""
+    hosts = allowed_hosts(settings)
+    security = hosts.transport_security()
     if settings.transport == "sse":
         app = mcp.sse_app(transport_security=security, host=settings.host)
     else:
         app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=settings.host)
-    if settings.auth_token:
-        return BearerTokenMiddleware(app, settings.auth_token)
-    return app
+    return http_security.RequestGuard(app, hosts)
 
 
-def _warn_if_exposed(settings: Settings) -> None:
-    if settings.transport == "stdio" or settings.is_loopback:
+def _announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
+    """Log how clients connect; on the first OAuth start, create and print the owner password."""
+    log.info("clients connect to %s (auth: %s; allowed hosts: %s)", remote.resource_url, remote.mode,
+             allowed_hosts(settings).describe())
+    if remote.mode == "none" and not settings.is_loopback:
+        log.warning("!" * 78)
+        log.warning("SECURITY: SELFMCP_AUTH=none on %s. Anyone who can reach port %d can run code on this "
+                    "machine with this server's environment and keys.", settings.host, settings.port)
+        log.warning("Remove SELFMCP_AUTH (OAuth is the default), or bind SELFMCP_HOST=127.0.0.1.")
+        log.warning("!" * 78)
+    elif remote.mode == "token":
+        log.info("clients must send 'Authorization: Bearer <SELFMCP_AUTH_TOKEN>'")
+    if remote.mode != "none" and settings.auth_token and len(settings.auth_token) < 24:
+        log.warning("SELFMCP_AUTH_TOKEN is shorter than 24 characters; use e.g. "
+                    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if remote.mode != "oauth":
         return
-    if not settings.auth_token:
-        log.warning("!" * 78)
-        log.warning("SECURITY: HTTP is bound to %s with no SELFMCP_AUTH_TOKEN. Anyone who can reach port %d "
-                    "can run code on this machine with this server's environment and keys.",
-                    settings.host, settings.port)
-        log.warning("Set SELFMCP_AUTH_TOKEN, or bind SELFMCP_HOST=127.0.0.1.")
-        log.warning("!" * 78)
-
-
-def _start_reembedding(registry: skills.Registry) -> None:
-    def work() -> None:
-        try:
-            count = registry.reembed_stale(progress=lambda done, total: log.info("re-embedded %d/%d skills", done, total))
-        except Exception:
-            log.exception("re-embedding failed; vector search covers the skills embedded so far")
-            return
-        if count:
-            log.info("re-embedding finished: %d skills", count)
-
-    threading.Thread(target=work, name="selfmcp-reembed", daemon=True).start()
+    if settings.owner_password and len(settings.owner_password) < 12:
+        log.warning("SELFMCP_OWNER_PASSWORD is shorter than 12 characters; anyone who guesses it can run code here")
+    if not settings.public_url and not settings.is_loopback:
+        log.warning("SELFMCP_PUBLIC_URL is not set: OAuth clients can connect only through %s; set it to the "
+                    "https address clients use.", remote.resource_url)
+    if settings.owner_password:
+        log.info("owner password: SELFMCP_OWNER_PASSWORD")
+        return
+    password = oauth.ensure_owner_password(settings.db_path)
+    if password is None:
+        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
+        return
+    # The one deliberate exception to "never log a secret": the generated owner password, printed once
+    # (to stderr whatever the log level), because only its hash is stored.
+    print("\n".join(["=" * 78,
+                     f"selfMCP owner password (shown only this once): {password}",
+                     f"Add {remote.resource_url} as a custom connector in Claude.ai and sign in with it.",
+                     "Set SELFMCP_OWNER_PASSWORD to choose your own, or run",
+                     "`python3 server.py --reset-owner-password` for a new one.",
+                     "=" * 78]), file=sys.stderr, flush=True)
 
 
 def _claim_stdout() -> Any:
@@ -439,24 +528,48 @@ async def _serve_stdio(mcp: MCPServer, protocol_out: Any) -> None:
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
 
+def _log_execution(info: dict[str, Any]) -> None:
+    log.info("skill runs: sandbox %s%s, environment %s, %d MiB memory, %d bytes of output per stream, "
+             "%d at once, dependency environments in %s (%s); %d secret values redacted",
+             info["sandbox"], "" if info["sandbox_network"] else " without network", info["skill_env"],
+             info["memory_mb"], info["max_output_bytes"], info["concurrency"], info["env_dir"],
+             info["installer"], info["redacted_variables"])
+    if info["sandbox_note"]:
+        log.warning("SELFMCP_SANDBOX=auto: running skills WITHOUT a sandbox because %s. Install bubblewrap "
+                    "(apt-get install bubblewrap) to isolate them, or set SELFMCP_SANDBOX=none to accept this.",
+                    info["sandbox_note"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args == ["--reset-owner-password"]:
+        password = oauth.reset_owner_password(settings.db_path)
+        print(f"New owner password for {settings.db_path}: {password}\n"
+              "Every OAuth client is signed out and must sign in again with it.")
+        return 0
     protocol_out = _claim_stdout() if settings.transport == "stdio" else None
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    mcp = create_server(settings)
+    redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
+    try:
+        mcp = create_server(settings)
+    except skills.ExecutionConfigError as exc:
+        print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
+        return 2
     registry: skills.Registry = mcp.registry  # type: ignore[attr-defined]
-    _start_reembedding(registry)
+    registry.reembed_in_background()
     log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
              registry.embedder.model_id)
+    _log_execution(registry.execution_info())
     if protocol_out is not None:
         anyio.run(_serve_stdio, mcp, protocol_out)
         return 0
-    _warn_if_exposed(settings)
+    _announce_auth(settings, mcp.remote_auth)  # type: ignore[attr-defined]
     import uvicorn
 
     log.info("serving on http://%s:%d%s", settings.host, settings.port,

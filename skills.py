@@ -22,17 +22,24 @@ import os
 import re
 import secrets
 import sqlite3
+import statistics
+import sys
 import threading
+import time
 import urllib.parse
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import core_skills
 import db
+import depenv
 import executor
+import redact
 import skillmd
 from embeddings import Embedder, QueryCache, VectorIndex, content_hash, decode, embed_with_model, encode
 
@@ -188,6 +195,18 @@ class NotExecutable(SkillError):
     hint = "Read the body with skill_get_detail and follow it, or update it to add a ```python block."
 
 
+class InvalidParamsSchema(SkillError):
+    code = "invalid_params_schema"
+    hint = ('Give a JSON Schema object, e.g. {"type": "object", "properties": {"city": {"type": "string"}}, '
+            '"required": ["city"]}, or {} for none.')
+
+
+class DependencyInstallFailed(SkillError):
+    code = "dependency_install_failed"
+    hint = ("Check the requirement names and versions in `installer_tail`, fix them with skill_update, "
+            "and call skill_execute again.")
+
+
 # ------------------------------------------------------------------------ text helpers
 
 STOP_WORDS = frozenset("""
@@ -283,6 +302,10 @@ def validate_dependencies(dependencies: Any) -> list[str]:
     for dep in dependencies:
         if not isinstance(dep, str) or not dep.strip():
             raise InvalidDependency(f"Invalid requirement {dep!r}.")
+        try:
+            depenv.normalise_requirement(dep)
+        except depenv.InvalidRequirement as exc:
+            raise InvalidDependency(str(exc), requirement=exc.requirement) from None
         out.append(dep.strip())
     return out
 
@@ -589,19 +612,31 @@ class Registry:
         if schema is None or schema == {}:
             return None
         if not isinstance(schema, dict):
-            raise InvalidArgument("params_schema must be a JSON Schema object.",
-                                  hint='Pass e.g. {"type": "object", "properties": {"city": {"type": "string"}}}.')
+            raise InvalidParamsSchema(f"params_schema must be a JSON Schema object, not {type(schema).__name__}.")
+        from jsonschema.exceptions import SchemaError
+        from jsonschema.validators import validator_for
+
+        try:
+            validator_for(schema).check_schema(schema)
+        except SchemaError as exc:
+            where = _json_path(exc.path)
+            raise InvalidParamsSchema(f"params_schema is not a valid JSON Schema at {where}: {exc.message}",
+                                      path=where) from None
         return schema
 
     # -- reads
 
     def get_detail(self, skill_id: Any) -> dict[str, Any]:
+        if self._runtime is not None:
+            self._runtime.flush_history()
         with self._connect() as conn:
             row = self._get_row(conn, skill_id)
             versions = [r[0] for r in conn.execute(
                 "select version from skill_versions where skill_id = ? order by version", (skill_id,))]
+            runs = self._run_stats(conn, skill_id)
         detail = _row_to_detail(row)
         detail["versions"] = versions
+        detail["runs"] = runs
         return detail
 
     def count_active(self) -> int:
@@ -927,8 +962,36 @@ class Registry:
             out["replit_secrets_url"] = replit
         return out
 
-    def prepare_execution(self, skill_id: Any, params: Any, timeout: Any) -> tuple[sqlite3.Row, str, str, float]:
-        """Check everything that can be checked before a run: (row, code, params JSON, timeout)."""
+    _runtime: _ExecutionRuntime | None = None
+
+    def configure_execution(self, config: ExecutionConfig | None = None) -> dict[str, Any]:
+        """Set how skills run (limits, sandbox, dependency environments); return what was settled.
+
+        Raises ExecutionConfigError for a setting that cannot work (SELFMCP_SANDBOX=bwrap without bwrap).
+        """
+        try:
+            self._runtime = _ExecutionRuntime(config or ExecutionConfig(), self.db_path, self.environ)
+        except (RuntimeError, ValueError) as exc:
+            raise ExecutionConfigError(str(exc)) from None
+        return self._runtime.describe()
+
+    def execution_info(self) -> dict[str, Any]:
+        """How skills run (sandbox, limits, environments), for the start-up log."""
+        if self._runtime is None:
+            self.configure_execution()
+        assert self._runtime is not None
+        return self._runtime.describe()
+
+    async def _execution(self) -> _ExecutionRuntime:
+        if self._runtime is None:
+            import anyio.to_thread
+
+            await anyio.to_thread.run_sync(self.configure_execution)
+        assert self._runtime is not None
+        return self._runtime
+
+    def prepare_execution(self, skill_id: Any, params: Any, timeout: Any) -> PreparedRun:
+        """Check everything that can be checked before a run: timeout, params, credentials, code, dependencies."""
         timeout_s = validate_timeout(timeout)
         params = validate_params(params)
         params_json = json.dumps(params, ensure_ascii=False)
@@ -936,7 +999,11 @@ class Registry:
             raise InvalidParams(f"params are {len(params_json.encode())} bytes as JSON; the limit is 1 MiB.")
         with self._connect() as conn:
             row = self._get_row(conn, skill_id)
-        missing = self.missing_env_vars(_loads(row["auth_config_json"], None))
+        schema = _loads(row["params_schema_json"], None)
+        if schema:
+            _check_params(schema, params, row["id"])
+        auth = _loads(row["auth_config_json"], None)
+        missing = self.missing_env_vars(auth)
         if missing:
             hint = f"Call skill_auth_url(skill_id={row['id']}) for setup instructions."
             replit = self._replit_secrets_url()
@@ -948,16 +1015,245 @@ class Registry:
         code = skillmd.parse_body(row["body"]).code
         if code is None:
             raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        return row, code, params_json, timeout_s
+        try:
+            requirements = depenv.normalise_requirements(_loads(row["dependencies_json"], []))
+        except depenv.InvalidRequirement as exc:
+            raise InvalidDependency(
+                f"Skill {row['name']!r} cannot run: {exc}",
+                hint=(f"Fix it with skill_update(skill_id={row['id']}, dependencies=[...]): package names with "
+                      "optional versions such as 'requests>=2'; installer options, paths and URLs are refused."),
+                requirement=exc.requirement) from None
+        return PreparedRun(row, code, params_json, timeout_s, requirements, tuple(required_env_vars(auth)))
 
-    async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    def skill_environment(self, prepared: PreparedRun, mode: str) -> dict[str, str]:
+        """The environment a run gets: the server's whole environment, or only the declared part."""
+        if mode == "inherit":
+            return {k: v for k, v in self.environ.items() if k not in SERVER_ONLY_ENV}
+        names = (*DECLARED_BASELINE_ENV, *prepared.auth_vars)
+        return {n: self.environ[n] for n in names if n in self.environ and n not in SERVER_ONLY_ENV}
+
+    async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
+                      progress: Progress | None = None) -> dict[str, Any]:
+        """Run a skill; install its dependencies first if their environment is not built yet.
+
+        `progress(done, total, message)` hears about a dependency installation. Every run is
+        recorded in skill_runs (by a writer thread, off the reply's path; reads of the history
+        wait for it); secrets are redacted from everything returned.
+        """
+        import anyio
         import anyio.to_thread
 
-        row, code, params_json, timeout_s = await anyio.to_thread.run_sync(
-            self.prepare_execution, skill_id, params, timeout)
-        kwargs = {"python": self.python} if self.python else {}
-        result = await executor.run_python(code, params_json, env=dict(self.environ),
-                                           timeout_s=timeout_s, **kwargs)
-        return {"skill_id": row["id"], "name": row["name"], "version": row["version"],
-                "stdout": result.stdout, "stderr": result.stderr, "exit_code": result.exit_code,
-                "timed_out": result.timed_out, "duration_ms": result.duration_ms}
+        runtime = await self._execution()
+        redactor = runtime.redactor
+        try:
+            prepared = await anyio.to_thread.run_sync(self.prepare_execution, skill_id, params, timeout)
+        except SkillError as exc:  # its message may quote params, which may hold a secret
+            raise _redacted(exc, redactor) from None
+        row = prepared.row
+        started_at, started = _now(), time.perf_counter()
+
+        def record(**fields: Any) -> None:
+            elapsed = round((time.perf_counter() - started) * 1000, 1)
+            runtime.record_later(self.record_run, row["id"], row["version"], started_at,
+                                 fields.pop("duration_ms", elapsed), **fields)
+
+        try:
+            python, read_only, environment = self.python or sys.executable, (), None
+            if prepared.requirements:
+                try:
+                    built = await runtime.envs.ensure(prepared.requirements, progress)
+                except depenv.InstallFailed as exc:
+                    record(error=DependencyInstallFailed.code)
+                    raise DependencyInstallFailed(
+                        redactor.redact(f"Installing {', '.join(prepared.requirements)} failed: {exc}"),
+                        installer_tail=[redactor.redact(line) for line in exc.tail],
+                        requirements=list(prepared.requirements)) from None
+                python, read_only = built.python, (str(built.path),)
+                environment = {"requirements": list(built.requirements), "key": built.key,
+                               "installed_now": built.built_now}
+                if built.built_now:
+                    environment["install_ms"] = built.build_ms
+            result = await runtime.runner.run(
+                prepared.code, prepared.params_json, env=self.skill_environment(prepared, runtime.config.skill_env),
+                timeout_s=prepared.timeout_s, python=python, read_only=read_only)
+        except anyio.get_cancelled_exc_class():
+            record(cancelled=True)
+            raise
+        record(duration_ms=result.duration_ms, exit_code=result.exit_code, timed_out=result.timed_out,
+               stdout_bytes=result.stdout_bytes, stderr_bytes=result.stderr_bytes)
+        out: dict[str, Any] = {
+            "skill_id": row["id"], "name": row["name"], "version": row["version"],
+            "stdout": redactor.redact(result.stdout, truncated=result.stdout_truncated),
+            "stderr": redactor.redact(result.stderr, truncated=result.stderr_truncated),
+            "exit_code": result.exit_code, "timed_out": result.timed_out, "duration_ms": result.duration_ms,
+            "stdout_bytes": result.stdout_bytes, "stderr_bytes": result.stderr_bytes,
+            "stdout_truncated": result.stdout_truncated, "stderr_truncated": result.stderr_truncated,
+            "sandbox": result.sandbox,
+        }
+        if result.queued_ms >= 1:
+            out["queued_ms"] = result.queued_ms
+        if environment is not None:
+            out["environment"] = environment
+        if result.stdout_truncated or result.stderr_truncated:
+            out["note"] = (f"Output beyond {runtime.runner.limits.max_output_bytes} bytes per stream was dropped; "
+                           "stdout_bytes and stderr_bytes say how much the skill wrote.")
+        return out
+
+    # -- run history
+
+    def record_run(self, skill_id: int, version: int, started_at: str, duration_ms: float, *,
+                   exit_code: int | None = None, timed_out: bool = False, cancelled: bool = False,
+                   stdout_bytes: int = 0, stderr_bytes: int = 0, error: str | None = None) -> None:
+        """Add a run to skill_runs, keeping only the newest RUN_HISTORY_PER_SKILL of the skill."""
+        with self._connect() as conn, db.transaction(conn):
+            conn.execute(
+                """
+                insert into skill_runs(skill_id, version, started_at, duration_ms, exit_code, timed_out,
+                    cancelled, stdout_bytes, stderr_bytes, error)
+                values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (skill_id, version, started_at, duration_ms, exit_code, int(timed_out), int(cancelled),
+                 stdout_bytes, stderr_bytes, error))
+            conn.execute(
+                """
+                delete from skill_runs
+                where skill_id = ? and id <= (
+                    select id from skill_runs where skill_id = ? order by id desc limit 1 offset ?)
+                """,
+                (skill_id, skill_id, RUN_HISTORY_PER_SKILL))
+
+    @staticmethod
+    def _run_stats(conn: sqlite3.Connection, skill_id: int) -> dict[str, Any]:
+        rows = conn.execute(
+            """
+            select started_at, duration_ms, exit_code, timed_out, cancelled, error
+            from skill_runs
+            where skill_id = ?
+            order by id desc
+            """,
+            (skill_id,)).fetchall()
+        if not rows:
+            return {"count": 0, "success_rate": None, "last_run_at": None, "last_exit_code": None,
+                    "median_duration_ms": None}
+        ok = sum(1 for r in rows if r["exit_code"] == 0 and not r["timed_out"] and not r["cancelled"]
+                 and r["error"] is None)
+        return {"count": len(rows), "success_rate": round(ok / len(rows), 3), "last_run_at": rows[0]["started_at"],
+                "last_exit_code": rows[0]["exit_code"],
+                "median_duration_ms": round(statistics.median(r["duration_ms"] for r in rows), 1)}
+
+
+# ------------------------------------------------------------------------------ execution
+
+RUN_HISTORY_PER_SKILL = 100
+SKILL_ENV_MODES = ("inherit", "declared")
+# What a run gets under SELFMCP_SKILL_ENV=declared, besides the variables its auth_config names.
+DECLARED_BASELINE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
+                         "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+# The server's own credentials: a skill holding them could sign in as the owner, so no run
+# ever gets them, whatever SELFMCP_SKILL_ENV says.
+SERVER_ONLY_ENV = frozenset({"SELFMCP_AUTH_TOKEN", "SELFMCP_OWNER_PASSWORD"})
+
+Progress = Callable[[float, float | None, str], Awaitable[None]]
+
+
+class ExecutionConfigError(ValueError):
+    """An execution setting that cannot work here (the server should not start with it)."""
+
+
+@dataclass(frozen=True)
+class ExecutionConfig:
+    """How skill_execute runs code; server.Settings fills it from the SELFMCP_* variables."""
+
+    env_dir: Path | None = None  # None: "envs" beside the database
+    memory_mb: int = 1024
+    max_output_bytes: int = 1 << 20
+    concurrency: int = 4
+    sandbox: str = "auto"  # auto | bwrap | none
+    sandbox_network: bool = True
+    skill_env: str = "inherit"  # inherit | declared
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    row: sqlite3.Row
+    code: str
+    params_json: str
+    timeout_s: float
+    requirements: tuple[str, ...]
+    auth_vars: tuple[str, ...]
+
+
+class _ExecutionRuntime:
+    """What runs need across calls: the runner (and its concurrency slots), environments, the redactor."""
+
+    def __init__(self, config: ExecutionConfig, db_path: str | os.PathLike[str], environ: Mapping[str, str]) -> None:
+        if config.skill_env not in SKILL_ENV_MODES:
+            raise ValueError(f"Unknown skill environment mode {config.skill_env!r}; use inherit or declared.")
+        self.config = config
+        db_dir = Path(os.path.abspath(db_path)).parent
+        hidden = [db_dir, Path(__file__).resolve().parent, Path.cwd()]
+        self.sandbox = executor.resolve_sandbox(config.sandbox, network=config.sandbox_network, hidden=hidden)
+        self.runner = executor.Runner(
+            limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes),
+            sandbox=self.sandbox, concurrency=config.concurrency)
+        self.envs = depenv.EnvCache(config.env_dir or db_dir / "envs", environ=environ)
+        self.redactor = redact.Redactor.from_environ(environ)
+        # One writer for skill_runs, so records land in order and a flush is one no-op task.
+        self._history = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfmcp-runs")
+
+    def record_later(self, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Queue a run record; the caller does not wait for the database."""
+        self._history.submit(_log_failure, write, *args, **kwargs)
+
+    def flush_history(self, timeout_s: float = 10.0) -> None:
+        """Wait until every queued run record is written."""
+        self._history.submit(lambda: None).result(timeout_s)
+
+    def describe(self) -> dict[str, Any]:
+        return {"sandbox": self.sandbox.mode, "sandbox_note": self.sandbox.note,
+                "sandbox_network": self.sandbox.network, "skill_env": self.config.skill_env,
+                "memory_mb": self.config.memory_mb, "max_output_bytes": self.config.max_output_bytes,
+                "concurrency": self.config.concurrency, "env_dir": str(self.envs.root),
+                "installer": self.envs.installer, "redacted_variables": len(self.redactor.names)}
+
+
+def _redacted(exc: SkillError, redactor: redact.Redactor) -> SkillError:
+    """`exc` with secret values hidden in its message, hint and details."""
+    if redactor:
+        exc.args = (redactor.redact(str(exc)),)
+        exc.hint = redactor.redact(exc.hint)
+        exc.details = redactor.redact_obj(exc.details)
+    return exc
+
+
+def _log_failure(write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+    try:
+        write(*args, **kwargs)
+    except sqlite3.Error:
+        log.warning("could not record a skill run", exc_info=True)
+
+
+def _json_path(parts: Any) -> str:
+    out = "$"
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _check_params(schema: dict[str, Any], params: dict[str, Any], skill_id: int) -> None:
+    """Raise InvalidParams, naming the offending field, when `params` do not fit `schema`."""
+    from jsonschema.exceptions import best_match
+    from jsonschema.validators import validator_for
+
+    error = best_match(validator_for(schema)(schema).iter_errors(params))
+    if error is None:
+        return
+    parts = list(error.absolute_path)
+    if error.validator == "required" and isinstance(error.instance, dict):
+        absent = [k for k in error.validator_value if k not in error.instance]
+        parts += absent[:1]
+    path = _json_path(parts)
+    raise InvalidParams(f"params do not match the skill's params_schema at {path}: {error.message}",
+                        hint=f"Read params_schema with skill_get_detail(skill_id={skill_id}) and fix {path}.",
+                        path=path, validator=str(error.validator))

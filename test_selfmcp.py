@@ -232,6 +232,9 @@ async def test_env_keys_reports_names_and_never_values(db_path):
     ("body", "# Doc\n```python\nprint(\n```\n", "invalid_code"),
     ("dependencies", "requests", "invalid_dependency"),
     ("dependencies", [""], "invalid_dependency"),
+    ("dependencies", ["-e /"], "invalid_dependency"),
+    ("dependencies", ["git+https://example.com/x.git"], "invalid_dependency"),
+    ("dependencies", ["pkg @ file:///tmp/x"], "invalid_dependency"),
     ("auth_config", {"type": "magic"}, "invalid_auth_config"),
     ("auth_config", {"type": "api_key", "env_var": "not valid"}, "invalid_auth_config"),
     ("auth_config", {"type": "oauth2", "auth_url": "ftp://x", "client_id_env": "ID"}, "invalid_auth_config"),
@@ -556,8 +559,8 @@ def free_port() -> int:
 def http_server(tmp_path, **extra: str):
     """Start server.py on streamable HTTP at 127.0.0.1:<free port>; yield its base URL."""
     port = free_port()
-    env = server_env(tmp_path, SELFMCP_TRANSPORT="streamable-http", SELFMCP_HOST="127.0.0.1",
-                     SELFMCP_PORT=str(port), **extra)
+    env = server_env(tmp_path, **{"SELFMCP_TRANSPORT": "streamable-http", "SELFMCP_HOST": "127.0.0.1",
+                                  "SELFMCP_PORT": str(port), **extra})
     log = open(tmp_path / f"server-{port}.log", "w")
     proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], cwd=ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -684,6 +687,19 @@ async def test_walk_through_over_streamable_http(tmp_path, mode):
             await walk_through(client)
 
 
+@pytest.mark.anyio
+async def test_the_legacy_sse_transport_serves_the_tools(tmp_path):
+    from mcp.client.session import ClientSession
+    from mcp.client.sse import sse_client
+
+    with http_server(tmp_path, SELFMCP_TRANSPORT="sse") as base:
+        async with sse_client(base + "/sse") as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            assert {t.name for t in (await session.list_tools()).tools} == TOOL_NAMES
+            result = await session.call_tool("skill_list_summary", {})
+            assert result.structured_content["total"] == 2
+
+
 def test_stdio_mode_writes_nothing_but_protocol_to_stdout(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], cwd=ROOT,
                             env=server_env(tmp_path, SELFMCP_TRANSPORT="stdio", SELFMCP_LOG_LEVEL="DEBUG"),
@@ -769,3 +785,16 @@ async def test_timeout_kills_the_whole_process_tree_while_other_sessions_are_ans
             assert outcome["seconds"] < 4
             await asyncio.sleep(0.2)
             assert pids_with_marker(marker) == []
+
+
+# ------------------------------------------------------------------------------ docs
+
+def test_every_tool_and_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    for name in TOOL_NAMES:
+        assert f"`{name}`" in readme, name
+    source = (ROOT / "server.py").read_text()
+    import re
+
+    for var in sorted(set(re.findall(r"\b(SELFMCP_[A-Z_]+)\b", source))):
+        assert f"`{var}`" in readme, var
