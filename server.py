@@ -72,13 +72,7 @@ class Settings:
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
     log_level: str = "INFO"
-    env_dir: Path | None = None  # None: "envs" beside the database
-    exec_memory_mb: int = 1024
-    exec_max_output: int = 1 << 20
-    exec_concurrency: int = 4
-    sandbox: str = "auto"  # auto | bwrap | none
-    sandbox_network: bool = True
-    skill_env: str = "inherit"  # inherit | declared
+    execution: skills.ExecutionConfig = field(default_factory=skills.ExecutionConfig)
     embedder: Embedder | None = None
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
 
@@ -112,7 +106,7 @@ class Settings:
             log_level=level,
             environ=env,
             **_remote_settings(env, transport, host, port),
-            **_execution_settings(env),
+            execution=_execution_settings(env),
         )
 
     @property
@@ -130,7 +124,7 @@ class Settings:
             return False
 
 
-def _execution_settings(env: Mapping[str, str]) -> dict[str, Any]:
+def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
     """SELFMCP_ENV_DIR, SELFMCP_EXEC_MEMORY_MB, SELFMCP_EXEC_MAX_OUTPUT, SELFMCP_EXEC_CONCURRENCY,
     SELFMCP_SANDBOX, SELFMCP_SANDBOX_NETWORK, SELFMCP_SKILL_ENV."""
 
@@ -155,22 +149,15 @@ def _execution_settings(env: Mapping[str, str]) -> dict[str, Any]:
     skill_env = (env.get("SELFMCP_SKILL_ENV") or "inherit").strip().lower()
     if skill_env not in skills.SKILL_ENV_MODES:
         raise ConfigError(f"SELFMCP_SKILL_ENV={skill_env!r} is not one of {', '.join(skills.SKILL_ENV_MODES)}.")
-    return {
-        "env_dir": Path(env["SELFMCP_ENV_DIR"]) if env.get("SELFMCP_ENV_DIR") else None,
-        "exec_memory_mb": number("SELFMCP_EXEC_MEMORY_MB", 1024, 0),
-        "exec_max_output": number("SELFMCP_EXEC_MAX_OUTPUT", 1 << 20, 1),
-        "exec_concurrency": number("SELFMCP_EXEC_CONCURRENCY", 4, 1),
-        "sandbox": sandbox,
-        "sandbox_network": network in ("1", "true", "yes", "on"),
-        "skill_env": skill_env,
-    }
-
-
-def execution_config(settings: Settings) -> skills.ExecutionConfig:
     return skills.ExecutionConfig(
-        env_dir=settings.env_dir, memory_mb=settings.exec_memory_mb, max_output_bytes=settings.exec_max_output,
-        concurrency=settings.exec_concurrency, sandbox=settings.sandbox, sandbox_network=settings.sandbox_network,
-        skill_env=settings.skill_env)
+        env_dir=Path(env["SELFMCP_ENV_DIR"]) if env.get("SELFMCP_ENV_DIR") else None,
+        memory_mb=number("SELFMCP_EXEC_MEMORY_MB", 1024, 0),
+        max_output_bytes=number("SELFMCP_EXEC_MAX_OUTPUT", 1 << 20, 1),
+        concurrency=number("SELFMCP_EXEC_CONCURRENCY", 4, 1),
+        sandbox=sandbox,
+        sandbox_network=network in ("1", "true", "yes", "on"),
+        skill_env=skill_env,
+    )
 
 
 def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
@@ -285,7 +272,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm,
                                                    api_base=settings.embed_api_base)
         registry = skills.Registry(settings.db_path, embedder, environ=settings.environ)
-        registry.configure_execution(execution_config(settings))
+        registry.configure_execution(settings.execution)
         registry.seed_core_skills()
     remote = oauth.RemoteAuth.create(
         settings.auth if settings.transport != "stdio" else "none", base_url=settings.base_url,

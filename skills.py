@@ -42,6 +42,7 @@ import executor
 import redact
 import skillmd
 from embeddings import Embedder, QueryCache, VectorIndex, content_hash, decode, embed_with_model, encode
+from static_embedder import STOP_WORDS as ENGLISH_STOP_WORDS
 
 log = logging.getLogger("selfmcp.skills")
 
@@ -209,15 +210,9 @@ class DependencyInstallFailed(SkillError):
 
 # ------------------------------------------------------------------------ text helpers
 
-STOP_WORDS = frozenset("""
-a about above after again against all am an and any are as at be because been before being below
-between both but by can could did do does doing down during each few for from further had has have
-having he her here hers herself him himself his how i if in into is it its itself just let me more
-most my myself no nor not now of off on once only or other our ours ourselves out over own please
-same she should so some such than that the their theirs them themselves then there these they this
-those through to too under until up very was we were what when where which while who whom why will
-with would you your yours yourself yourselves want need like get use using tool tools help find
-""".split())
+# Query words that say nothing about which skill is wanted: English stop words, plus the
+# words people use to ask for a tool at all.
+STOP_WORDS = ENGLISH_STOP_WORDS | frozenset("want need like get use using tool tools help find".split())
 
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _CAMEL_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_A-Za-z]+", re.UNICODE)

@@ -35,6 +35,7 @@ import redact
 import skills
 from embeddings import HashEmbedder
 from server import ConfigError, Settings, create_server
+from test_selfmcp import assert_error
 
 pytestmark = pytest.mark.anyio
 
@@ -97,15 +98,6 @@ def body_of(result: Any) -> dict[str, Any]:
     return result.structured_content
 
 
-def assert_error(result: Any, code: str) -> dict[str, Any]:
-    assert result.is_error, result
-    body = json.loads(result.content[0].text)
-    assert body == result.structured_content
-    assert body["error"] == code
-    assert body["message"] and body["hint"]
-    return body
-
-
 async def create(client: Client, name: str, body: str, **fields: Any) -> int:
     result = await client.call_tool("skill_create", {"name": name, "description": f"Test skill {name}.",
                                                      "body": body, **fields})
@@ -132,10 +124,10 @@ def stdio_server(tmp: Path, **env: str) -> Client:
                                         cwd=str(ROOT)))
 
 
-def in_process(tmp: Path, **settings: Any) -> Client:
-    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp), SECRET_NAME: SECRET, **settings.pop("environ", {})}
+def in_process(tmp: Path, *, environ: dict[str, str] | None = None, **execution: Any) -> Client:
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp), SECRET_NAME: SECRET, **(environ or {})}
     return Client(create_server(Settings(db_path=tmp / "skills.db", embedder=HashEmbedder(), environ=environ,
-                                         **settings)), raise_exceptions=True)
+                                         execution=skills.ExecutionConfig(**execution))), raise_exceptions=True)
 
 
 # ------------------------------------------------------------------- containment (stdio)
@@ -593,7 +585,7 @@ def test_run_history_keeps_the_newest_hundred_per_skill(tmp_path):
 # ---------------------------------------------------------------------------- concurrency
 
 async def test_runs_beyond_the_concurrency_limit_wait_within_their_own_timeout(tmp_path, marker):
-    async with in_process(tmp_path, sandbox="none", exec_concurrency=1) as client:
+    async with in_process(tmp_path, sandbox="none", concurrency=1) as client:
         slow = await create(client, "slow", "import time\ntime.sleep(2)\nprint('slow')\n")
         quick = await create(client, "quick", "print('quick')\n")
         results: dict[str, dict[str, Any]] = {}
@@ -627,11 +619,11 @@ def test_execution_settings_are_read_from_the_environment(tmp_path):
                                   "SELFMCP_EXEC_MEMORY_MB": "256", "SELFMCP_EXEC_MAX_OUTPUT": "4096",
                                   "SELFMCP_EXEC_CONCURRENCY": "2", "SELFMCP_SANDBOX": "none",
                                   "SELFMCP_SANDBOX_NETWORK": "0", "SELFMCP_SKILL_ENV": "declared"})
-    assert (settings.env_dir, settings.exec_memory_mb, settings.exec_max_output, settings.exec_concurrency,
-            settings.sandbox, settings.sandbox_network, settings.skill_env) == (
-        tmp_path, 256, 4096, 2, "none", False, "declared")
-    defaults = Settings.from_env({"SELFMCP_TRANSPORT": "stdio"})
-    assert (defaults.env_dir, defaults.exec_memory_mb, defaults.exec_max_output, defaults.sandbox,
+    assert settings.execution == skills.ExecutionConfig(
+        env_dir=tmp_path, memory_mb=256, max_output_bytes=4096, concurrency=2, sandbox="none",
+        sandbox_network=False, skill_env="declared")
+    defaults = Settings.from_env({"SELFMCP_TRANSPORT": "stdio"}).execution
+    assert (defaults.env_dir, defaults.memory_mb, defaults.max_output_bytes, defaults.sandbox,
             defaults.sandbox_network, defaults.skill_env) == (None, 1024, 1 << 20, "auto", True, "inherit")
 
 
