@@ -33,6 +33,7 @@ import http_security
 import oauth
 import redact
 import skills
+import stdio_transport
 from embeddings import Embedder, make_embedder
 
 log = logging.getLogger("selfmcp")
@@ -495,22 +496,11 @@ def _announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
                      "=" * 78]), file=sys.stderr, flush=True)
 
 
-def _claim_stdout() -> Any:
-    """Keep fd 1 for the protocol alone: anything else written to stdout goes to stderr.
-
-    Done before anything is imported or seeded, so a library that prints on import or
-    logs to stdout (LiteLLM does) cannot corrupt the stdio stream.
-    """
-    protocol_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return open(protocol_fd, "w", encoding="utf-8", closefd=True)
-
-
-async def _serve_stdio(mcp: MCPServer, protocol_out: Any) -> None:
+async def _serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
     from mcp.server.stdio import stdio_server
 
-    async with stdio_server(stdout=anyio.wrap_file(protocol_out)) as (read_stream, write_stream):
+    stdin, stdout = await stdio_transport.open_streams(*protocol_fds)
+    async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
         lowlevel = mcp._lowlevel_server  # noqa: SLF001 - run_stdio_async() offers no stream parameter
         await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
 
@@ -539,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"New owner password for {settings.db_path}: {password}\n"
               "Every OAuth client is signed out and must sign in again with it.")
         return 0
-    protocol_out = _claim_stdout() if settings.transport == "stdio" else None
+    # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
+    # must not write into the protocol stream.
+    protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
@@ -553,8 +545,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
              registry.embedder.model_id)
     _log_execution(registry.execution_info())
-    if protocol_out is not None:
-        anyio.run(_serve_stdio, mcp, protocol_out)
+    if protocol_fds is not None:
+        anyio.run(_serve_stdio, mcp, protocol_fds)
         return 0
     _announce_auth(settings, mcp.remote_auth)  # type: ignore[attr-defined]
     import uvicorn

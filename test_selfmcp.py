@@ -716,6 +716,31 @@ def test_stdio_mode_writes_nothing_but_protocol_to_stdout(tmp_path):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["pipe", "file"])
+async def test_the_stdio_streams_read_lines_and_write_on_pipes_and_on_plain_files(tmp_path, kind):
+    import stdio_transport
+
+    if kind == "pipe":
+        in_read, in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        os.write(in_write, b'{"a": 1}\n{"b": "\xc3\xa9"}\n')
+        os.close(in_write)
+    else:
+        (tmp_path / "in").write_bytes(b'{"a": 1}\n{"b": "\xc3\xa9"}\n')
+        in_read = os.open(tmp_path / "in", os.O_RDONLY)
+        out_write = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    stdin, stdout = await stdio_transport.open_streams(in_read, out_write)
+    assert [line async for line in stdin] == ['{"a": 1}\n', '{"b": "é"}\n']
+    await stdout.write('{"reply": "é"}\n')
+    await stdout.flush()
+    if kind == "pipe":
+        assert os.read(out_read, 100) == '{"reply": "é"}\n'.encode()
+    else:
+        await stdout.aclose()
+        assert (tmp_path / "out").read_text(encoding="utf-8") == '{"reply": "é"}\n'
+
+
+@pytest.mark.anyio
 async def test_bearer_token_is_required_on_http_when_configured(tmp_path):
     token = "test-token-0123456789"
     with http_server(tmp_path, SELFMCP_AUTH_TOKEN=token) as base:
