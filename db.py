@@ -153,6 +153,10 @@ MIGRATIONS: list[Sequence[str]] = [
         )
         """,
     ),
+    # 4: counting and paging active skills reads a small partial index, not the table.
+    (
+        "create index skills_active on skills(id) where is_active = 1",
+    ),
 ]
 
 
