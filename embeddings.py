@@ -250,10 +250,6 @@ class QueryCache:
             while len(self._items) > self.size:
                 self._items.popitem(last=False)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
 
 class VectorIndex:
     """One model's vectors in a contiguous matrix, kept in step with writes.

@@ -57,7 +57,6 @@ def main() -> int:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    import numpy as np
 
     t_numpy = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -14,7 +14,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import static_embedder  # noqa: E402
 from static_embedder import basic_tokenize, load_static_embedder  # noqa: E402
 
 MODEL_DIR = REPO / "models" / "minilm-l6-static"
