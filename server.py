@@ -488,9 +488,13 @@ def _announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
         return
     # The one deliberate exception to "never log a secret": the generated owner password, printed once
     # (to stderr whatever the log level), because only its hash is stored.
+    where = (f"Add {remote.resource_url} as a custom connector in Claude.ai and sign in with it."
+             if settings.public_url or settings.is_loopback else
+             "Set SELFMCP_PUBLIC_URL to this server's https address, add <that address>/mcp as a custom "
+             "connector in Claude.ai, and sign in with it.")
     print("\n".join(["=" * 78,
                      f"selfMCP owner password (shown only this once): {password}",
-                     f"Add {remote.resource_url} as a custom connector in Claude.ai and sign in with it.",
+                     where,
                      "Set SELFMCP_OWNER_PASSWORD to choose your own, or run",
                      "`python3 server.py --reset-owner-password` for a new one.",
                      "=" * 78]), file=sys.stderr, flush=True)
