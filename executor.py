@@ -260,10 +260,8 @@ def find_run_processes(session: int, token: bytes, since_ticks: int, *,
         pid = int(name)
         if pid == me or (pid_range is not None and not pid_range[0] <= pid <= pid_range[1]):
             continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
+        stat = _read_proc(name, "stat")
+        if stat is None:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()
         if fields[0] in (b"Z", b"X"):
@@ -273,14 +271,19 @@ def find_run_processes(session: int, token: bytes, since_ticks: int, *,
             continue
         if int(fields[19]) + 1 < since_ticks:
             continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as fh:
-                environ = fh.read()
-        except OSError:
-            continue
-        if token in environ:
+        environ = _read_proc(name, "environ")
+        if environ is not None and token in environ:
             found.append(pid)
     return found
+
+
+def _read_proc(pid: str, entry: str) -> bytes | None:
+    """/proc/<pid>/<entry>, or None when the process is gone or not ours to read."""
+    try:
+        with open(f"/proc/{pid}/{entry}", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
 
 
 def kill_run(session: int, token: bytes, since_ticks: int, *, thorough: bool,

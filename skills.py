@@ -377,16 +377,16 @@ def _row_to_detail(row: sqlite3.Row) -> dict[str, Any]:
     }
 
 
-def search_fields(name: str, description: str, body: str) -> tuple[str, str, str]:
-    """The (name, description, tags) text indexed for keyword search."""
+def index_texts(name: str, description: str, body: str) -> tuple[tuple[str, str, str], str]:
+    """What a skill is found by, from one parse of its body.
+
+    Returns the (name, description, tags) fields of its FTS row and the text it is
+    embedded from.
+    """
     words = " ".join(split_words(name))
     tags = skillmd.frontmatter_search_text(skillmd.parse_body(body).frontmatter)
-    return f"{name} {words}", description, tags
-
-
-def embedding_text(name: str, description: str, body: str) -> str:
-    fname, fdesc, ftags = search_fields(name, description, body)
-    return " ".join(part for part in (" ".join(split_words(name)), fdesc, ftags) if part)
+    text = " ".join(part for part in (words, description, tags) if part)
+    return (f"{name} {words}", description, tags), text
 
 
 class Registry:
@@ -439,10 +439,10 @@ class Registry:
         return vectors[0], model
 
     def _write_derived(self, conn: sqlite3.Connection, skill_id: int, name: str, description: str,
-                       body: str, embedding: tuple[np.ndarray | None, str | None], text_hash: str,
-                       now: str) -> None:
+                       fields: tuple[str, str, str], embedding: tuple[np.ndarray | None, str | None],
+                       text_hash: str, now: str) -> None:
         """Refresh a skill's FTS row, summary row and (when given) embedding, in the caller's transaction."""
-        fname, fdesc, ftags = search_fields(name, description, body)
+        fname, fdesc, ftags = fields
         conn.execute("delete from skills_fts where rowid = ?", (skill_id,))
         conn.execute("insert into skills_fts(rowid, name, description, tags) values (?, ?, ?, ?)",
                      (skill_id, fname, fdesc, ftags))
@@ -495,7 +495,7 @@ class Registry:
         deps = validate_dependencies(dependencies)
         auth = validate_auth_config(auth_config)
         schema = self._validate_params_schema(params_schema)
-        text = embedding_text(name, description, body)
+        fields, text = index_texts(name, description, body)
         vector, model = self._embed_one(text)
         now = _now()
         with self._connect() as conn, db.transaction(conn):
@@ -524,7 +524,7 @@ class Registry:
                     """,
                     (name, *values, int(is_core), now, now)).lastrowid
             self._archive_version(conn, skill_id, now)
-            self._write_derived(conn, skill_id, name, description, body, (vector, model),
+            self._write_derived(conn, skill_id, name, description, fields, (vector, model),
                                 content_hash(text), now)
         self._index_after_write(skill_id, vector, model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
@@ -551,11 +551,15 @@ class Registry:
 
         with self._connect() as conn:
             current = self._get_row(conn, skill_id)
+            stored = conn.execute("select content_hash, model from skill_embeddings where skill_id = ?",
+                                  (skill_id,)).fetchone()
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
         merged = {k: patch.get(k, current[k]) for k in ("name", "description", "body")}
-        text = embedding_text(merged["name"], merged["description"], merged["body"])
-        vector, model = self._embed_one(text) if self._needs_embedding(skill_id, text) else (None, None)
+        _, text = index_texts(merged["name"], merged["description"], merged["body"])
+        current_vector = (stored is not None and stored["content_hash"] == content_hash(text)
+                          and stored["model"] == self.embedder.model_id)
+        vector, model = (None, None) if current_vector else self._embed_one(text)
         now = _now()
         with self._connect() as conn, db.transaction(conn):
             row = self._get_row(conn, skill_id)
@@ -572,7 +576,8 @@ class Registry:
                          (*patch.values(), now, skill_id))
             new = conn.execute("select * from skills where id = ?", (skill_id,)).fetchone()
             self._archive_version(conn, skill_id, now)
-            final_hash = content_hash(embedding_text(new["name"], new["description"], new["body"]))
+            final_fields, final_text = index_texts(new["name"], new["description"], new["body"])
+            final_hash = content_hash(final_text)
             if vector is not None and content_hash(text) != final_hash:
                 vector = None  # a concurrent update changed the text we embedded
             stale = vector is None and conn.execute(
@@ -580,18 +585,12 @@ class Registry:
                 (skill_id, final_hash)).fetchone() is not None
             if stale:  # a missing vector is what the re-embed pass looks for
                 conn.execute("delete from skill_embeddings where skill_id = ?", (skill_id,))
-            self._write_derived(conn, skill_id, new["name"], new["description"], new["body"],
+            self._write_derived(conn, skill_id, new["name"], new["description"], final_fields,
                                 (vector, model), final_hash, now)
         if vector is not None or stale:
             self._index_after_write(skill_id, vector, model, active=True)
         return {"id": skill_id, "name": new["name"], "version": new["version"],
                 "updated_fields": sorted(k.removesuffix("_json") for k in patch)}
-
-    def _needs_embedding(self, skill_id: int, text: str) -> bool:
-        with self._connect() as conn:
-            row = conn.execute("select content_hash, model from skill_embeddings where skill_id = ?",
-                               (skill_id,)).fetchone()
-        return row is None or row["content_hash"] != content_hash(text) or row["model"] != self.embedder.model_id
 
     def delete(self, skill_id: Any) -> dict[str, Any]:
         now = _now()
@@ -847,7 +846,7 @@ class Registry:
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(f"select id, name, description, body from skills where id in ({marks})",
                                     chunk).fetchall()
-            texts = [embedding_text(r["name"], r["description"], r["body"]) for r in rows]
+            texts = [index_texts(r["name"], r["description"], r["body"])[1] for r in rows]
             vectors, model = embed_with_model(self.embedder, texts)
             if model != self.embedder.model_id:
                 log.warning("re-embedding paused: the active model is not answering")
