@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -204,3 +205,53 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("rollback")
         raise
     conn.execute("commit")
+
+
+class Database:
+    """The one connection policy of the program: migrate once when opened, then one connection per thread.
+
+    MCPServer runs sync tools in worker threads and a connection must stay in the thread that made it;
+    keeping one per thread spares every call the cost of opening and configuring a new one. The skill
+    store and the OAuth store share one `Database`, so no request ever runs a migration.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, migrate_schema: bool = True) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        if migrate_schema:
+            with contextlib.closing(connect(path, migrate_schema=True)):
+                pass
+
+    @classmethod
+    def of(cls, source: Database | str | os.PathLike[str]) -> Database:
+        """`source` itself when it is a Database, else a Database opened on that path."""
+        return source if isinstance(source, Database) else cls(source)
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path, migrate_schema=False)
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        yield self.connection()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection inside `BEGIN IMMEDIATE` ... `COMMIT` (`ROLLBACK` if the block raises)."""
+        with transaction(self.connection()) as conn:
+            yield conn
+
+    def close(self) -> None:
+        """Close every connection this Database opened (in any thread)."""
+        with self._lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+        self._local = threading.local()

@@ -202,7 +202,7 @@ def embed_with_model(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarr
 def offline_embedder() -> Embedder:
     """The best embedder that needs no network: the shipped static model, else hashing."""
     try:
-        from static_embedder import load_static_embedder
+        from selfmcp.embedders.static import load_static_embedder
     except ImportError:
         return HashEmbedder()
     try:

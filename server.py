@@ -1,16 +1,14 @@
-"""selfMCP: a self-extending MCP server. This module is the MCP wiring only.
+"""selfMCP: a self-extending MCP server. This module is the process entry and the MCP wiring.
 
-`Settings.from_env()` reads every SELFMCP_* setting; `create_server()` builds the
-MCPServer whose eight tools call `skills.Registry`; `main()` picks the transport.
-Run it with `python3 server.py` (streamable HTTP on 0.0.0.0:8000/mcp by default) or
-`SELFMCP_TRANSPORT=stdio python3 server.py`.
+`Settings.from_env()` reads every SELFMCP_* setting; `create_server()` builds the MCPServer
+whose eight tools call `skills.Registry`; `SelfMCPServer.call_tool` is the one place where a
+failure becomes the error payload; `main()` picks the transport. Run it with `python3 server.py`
+(streamable HTTP on 0.0.0.0:8000/mcp by default) or `SELFMCP_TRANSPORT=stdio python3 server.py`.
 """
 
 from __future__ import annotations
 
-import functools
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -28,18 +26,15 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
-import consent
-import http_security
-import oauth
-import redact
 import skills
-import stdio_transport
 from embeddings import Embedder, make_embedder
+from selfmcp import redact
+from selfmcp.errors import error_body
+from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
 
 TRANSPORTS = ("streamable-http", "sse", "stdio")
-LOOPBACK_NAMES = ("localhost",)
 
 INSTRUCTIONS = """\
 selfMCP is a registry of reusable skills (small Python programs or SKILL.md documents) that you can \
@@ -117,12 +112,11 @@ class Settings:
 
     @property
     def is_loopback(self) -> bool:
-        if self.host in LOOPBACK_NAMES:
-            return True
-        try:
-            return ipaddress.ip_address(self.host.strip("[]")).is_loopback
-        except ValueError:
-            return False
+        return http_security.is_loopback(self.host)
+
+    def host_allow_list(self) -> http_security.HostAllowList:
+        """Host headers answered: loopback, the public URL's host, SELFMCP_ALLOWED_HOSTS (and Replit's domains)."""
+        return http_security.HostAllowList.for_server(self.host, self.base_url, self.allowed_hosts)
 
 
 def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
@@ -198,67 +192,50 @@ def error_result(payload: dict[str, Any]) -> CallToolResult:
                           structured_content=payload, is_error=True)
 
 
-def reports_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a SkillError raised by a tool into an MCP tool error carrying its payload."""
-    if inspect.iscoroutinefunction(fn):
-        @functools.wraps(fn)
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return await fn(*args, **kwargs)
-            except skills.SkillError as exc:
-                return error_result(exc.payload())
-            except sqlite3.OperationalError as exc:
-                return error_result(_storage_error(exc))
-        return async_wrapper
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except skills.SkillError as exc:
-            return error_result(exc.payload())
-        except sqlite3.OperationalError as exc:
-            return error_result(_storage_error(exc))
-    return wrapper
-
-
-def _storage_error(exc: sqlite3.OperationalError) -> dict[str, Any]:
-    log.warning("storage error: %s", exc)
-    return {"error": "storage_unavailable", "message": "The skill database could not complete the request.",
-            "hint": "Retry in a moment; if it persists, check the server log and SELFMCP_DB_PATH."}
-
-
 # Arguments the SDK rejects against the input schema get the same codes the registry uses.
-_ARGUMENT_CODES = {
+_ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
     "name": skills.InvalidName, "description": skills.InvalidDescription, "body": skills.InvalidBody,
     "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
     "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
     "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "skill_id": skills.SkillNotFound, "params_schema": skills.InvalidParamsSchema,
+    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema,
 }
 
 
-def _argument_error(exc: ValidationError) -> dict[str, Any]:
-    first = exc.errors()[0]
-    field_name = str(first["loc"][0]) if first.get("loc") else ""
-    cls = _ARGUMENT_CODES.get(field_name, skills.InvalidArgument)
-    if cls is skills.SkillNotFound:
-        cls = skills.InvalidArgument
-    fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-    return {"error": cls.code, "message": f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.",
-            "hint": cls.hint, "fields": fields}
+def failure_payload(exc: BaseException) -> dict[str, Any] | None:
+    """The error payload for what a tool call raised (None: not a failure we know how to explain)."""
+    if isinstance(exc, skills.SkillError):
+        return exc.payload()
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        field_name = str(first["loc"][0]) if first.get("loc") else ""
+        cls = _ARGUMENT_CODES.get(field_name, skills.InvalidArgument)
+        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+        return error_body(cls.code, f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.",
+                          cls.hint, fields=fields)
+    if isinstance(exc, sqlite3.OperationalError):
+        log.warning("storage error: %s", exc)
+        return error_body("storage_unavailable", "The skill database could not complete the request.",
+                          "Retry in a moment; if it persists, check the server log and SELFMCP_DB_PATH.")
+    return None
 
 
 class SelfMCPServer(MCPServer):
-    """MCPServer whose argument-validation failures carry the registry's error shape."""
+    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload."""
+
+    def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
+        super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
+        self.registry = registry
+        self.remote_auth = remote
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
-            if isinstance(exc.__cause__, ValidationError):
-                return error_result(_argument_error(exc.__cause__))
-            raise
+            payload = failure_payload(exc.__cause__) if exc.__cause__ is not None else None
+            if payload is None:
+                raise
+            return error_result(payload)
 
 
 # ------------------------------------------------------------------------------- tools
@@ -267,27 +244,22 @@ SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_l
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
-def create_server(settings: Settings, registry: skills.Registry | None = None) -> MCPServer:
+def create_server(settings: Settings, registry: skills.Registry | None = None) -> SelfMCPServer:
     """Build the MCP server for `settings`; tests may pass their own registry."""
     if registry is None:
         embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm,
                                                    api_base=settings.embed_api_base)
-        registry = skills.Registry(settings.db_path, embedder, environ=settings.environ)
-        registry.configure_execution(settings.execution)
+        registry = skills.Registry(settings.db_path, embedder, environ=settings.environ, execution=settings.execution)
         registry.seed_core_skills()
     remote = oauth.RemoteAuth.create(
         settings.auth if settings.transport != "stdio" else "none", base_url=settings.base_url,
-        mcp_path="/sse" if settings.transport == "sse" else "/mcp", db_path=settings.db_path,
+        mcp_path="/sse" if settings.transport == "sse" else "/mcp", database=registry.store.db,
         auth_token=settings.auth_token, owner_password=settings.owner_password)
-    mcp = SelfMCPServer("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", log_level=settings.log_level,
-                        **remote.server_kwargs)
-    mcp.remote_auth = remote  # type: ignore[attr-defined]  # for main() and tests
-    mcp.registry = registry  # type: ignore[attr-defined]  # for main() and tests
+    mcp = SelfMCPServer(registry, remote, log_level=settings.log_level)
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
-            mcp.add_tool(reports_errors(fn), description=inspect.cleandoc(fn.__doc__ or ""),
-                         annotations=annotations)
+            mcp.add_tool(fn, description=inspect.cleandoc(fn.__doc__ or ""), annotations=annotations)
             return fn
         return register
 
@@ -425,7 +397,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     async def health(request):  # noqa: ANN001 - Starlette request
         from starlette.responses import JSONResponse
 
-        count = await _to_thread(registry.count_active)
+        count = await anyio.to_thread.run_sync(registry.count_active)
         return JSONResponse({"status": "ok", "skills": count, "transport": settings.transport})
 
     if settings.transport != "stdio":
@@ -433,92 +405,24 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     return mcp
 
 
-async def _to_thread(fn: Callable[[], Any]) -> Any:
-    import anyio.to_thread
+# ------------------------------------------------------------------------------ start-up
 
-    return await anyio.to_thread.run_sync(fn)
-
-
-# ------------------------------------------------------------------------------ transports
-
-def allowed_hosts(settings: Settings) -> http_security.HostAllowList:
-    """Host headers answered: loopback, the public URL's host, SELFMCP_ALLOWED_HOSTS (and Replit's domains)."""
-    return http_security.HostAllowList.for_server(settings.host, settings.base_url, settings.allowed_hosts)
+def announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
+    """Log how clients connect and warn about open or weak settings."""
+    serving.log_auth(remote, host=settings.host, port=settings.port, loopback=settings.is_loopback,
+                     hosts=settings.host_allow_list(), auth_token=settings.auth_token,
+                     owner_password=settings.owner_password, public_url=settings.public_url)
 
 
-def http_app(mcp: MCPServer, settings: Settings) -> Any:
-    """The ASGI app for the HTTP transports: the Host allow-list guards it on every bind, before any auth."""
-    hosts = allowed_hosts(settings)
-    security = hosts.transport_security()
-    if settings.transport == "sse":
-        app = mcp.sse_app(transport_security=security, host=settings.host)
-    else:
-        app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=settings.host)
-    return http_security.RequestGuard(app, hosts)
-
-
-def _announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
-    """Log how clients connect; on the first OAuth start, create and print the owner password."""
-    log.info("clients connect to %s (auth: %s; allowed hosts: %s)", remote.resource_url, remote.mode,
-             allowed_hosts(settings).describe())
-    if remote.mode == "none" and not settings.is_loopback:
-        log.warning("!" * 78)
-        log.warning("SECURITY: SELFMCP_AUTH=none on %s. Anyone who can reach port %d can run code on this "
-                    "machine with this server's environment and keys.", settings.host, settings.port)
-        log.warning("Remove SELFMCP_AUTH (OAuth is the default), or bind SELFMCP_HOST=127.0.0.1.")
-        log.warning("!" * 78)
-    elif remote.mode == "token":
-        log.info("clients must send 'Authorization: Bearer <SELFMCP_AUTH_TOKEN>'")
-    if remote.mode != "none" and settings.auth_token and len(settings.auth_token) < 24:
-        log.warning("SELFMCP_AUTH_TOKEN is shorter than 24 characters; use e.g. "
-                    "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'")
-    if remote.mode != "oauth":
+def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
+    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
+    if remote.mode != "oauth" or settings.owner_password or remote.provider is None:
         return
-    if settings.owner_password and len(settings.owner_password) < 12:
-        log.warning("SELFMCP_OWNER_PASSWORD is shorter than 12 characters; anyone who guesses it can run code here")
-    if not settings.public_url and not settings.is_loopback:
-        log.warning("SELFMCP_PUBLIC_URL is not set: OAuth clients can connect only through %s; set it to the "
-                    "https address clients use.", remote.resource_url)
-    if settings.owner_password:
-        log.info("owner password: SELFMCP_OWNER_PASSWORD")
-        return
-    password = oauth.ensure_owner_password(settings.db_path)
+    password = oauth.ensure_owner_password(remote.provider.db)
     if password is None:
         log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
         return
-    # The one deliberate exception to "never log a secret": the generated owner password, printed once
-    # (to stderr whatever the log level), because only its hash is stored.
-    where = (f"Add {remote.resource_url} as a custom connector in Claude.ai and sign in with it."
-             if settings.public_url or settings.is_loopback else
-             "Set SELFMCP_PUBLIC_URL to this server's https address, add <that address>/mcp as a custom "
-             "connector in Claude.ai, and sign in with it.")
-    print("\n".join(["=" * 78,
-                     f"selfMCP owner password (shown only this once): {password}",
-                     where,
-                     "Set SELFMCP_OWNER_PASSWORD to choose your own, or run",
-                     "`python3 server.py --reset-owner-password` for a new one.",
-                     "=" * 78]), file=sys.stderr, flush=True)
-
-
-async def _serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
-    from mcp.server.stdio import stdio_server
-
-    stdin, stdout = await stdio_transport.open_streams(*protocol_fds)
-    async with stdio_server(stdin=stdin, stdout=stdout) as (read_stream, write_stream):
-        lowlevel = mcp._lowlevel_server  # noqa: SLF001 - run_stdio_async() offers no stream parameter
-        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
-
-
-def _log_execution(info: dict[str, Any]) -> None:
-    log.info("skill runs: sandbox %s%s, environment %s, %d MiB memory, %d bytes of output per stream, "
-             "%d at once, dependency environments in %s (%s); %d secret values redacted",
-             info["sandbox"], "" if info["sandbox_network"] else " without network", info["skill_env"],
-             info["memory_mb"], info["max_output_bytes"], info["concurrency"], info["env_dir"],
-             info["installer"], info["redacted_variables"])
-    if info["sandbox_note"]:
-        log.warning("SELFMCP_SANDBOX=auto: running skills WITHOUT a sandbox because %s. Install bubblewrap "
-                    "(apt-get install bubblewrap) to isolate them, or set SELFMCP_SANDBOX=none to accept this.",
-                    info["sandbox_note"])
+    serving.print_owner_password(password, remote, reachable=bool(settings.public_url or settings.is_loopback))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -539,26 +443,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
+    mcp = create_server(settings)
+    registry: skills.Registry = mcp.registry
     try:
-        mcp = create_server(settings)
+        execution = registry.runtime().describe()
     except skills.ExecutionConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
-    registry: skills.Registry = mcp.registry  # type: ignore[attr-defined]
     registry.reembed_in_background()
     log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
              registry.embedder.model_id)
-    _log_execution(registry.execution_info())
+    serving.log_execution(execution)
     if protocol_fds is not None:
-        anyio.run(_serve_stdio, mcp, protocol_fds)
+        anyio.run(serving.serve_stdio, mcp, protocol_fds)
         return 0
-    _announce_auth(settings, mcp.remote_auth)  # type: ignore[attr-defined]
+    announce_auth(settings, mcp.remote_auth)
+    ensure_owner_password(settings, mcp.remote_auth)
     import uvicorn
 
     log.info("serving on http://%s:%d%s", settings.host, settings.port,
              "/sse" if settings.transport == "sse" else "/mcp")
-    uvicorn.run(http_app(mcp, settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=2)
+    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list())
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                timeout_graceful_shutdown=2)
     return 0
 
 

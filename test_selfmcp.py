@@ -119,11 +119,11 @@ def test_create_writes_fts_embedding_summary_and_version_one(reg, db_path):
 
 
 def test_a_write_that_fails_midway_leaves_no_half_written_rows(db_path):
-    class FailingRegistry(skills.Registry):
-        def _write_derived(self, *args, **kwargs):
-            raise RuntimeError("disk full")
+    def failing_index_write(*args, **kwargs):
+        raise RuntimeError("disk full")
 
-    registry = FailingRegistry(db_path, FakeEmbedder(), environ={})
+    registry = skills.Registry(db_path, FakeEmbedder(), environ={})
+    registry.search_index.write = failing_index_write
     with pytest.raises(RuntimeError):
         registry.create("x", "Does x.", "print(1)")
     for table in ("skills", "skill_versions", "skill_summary_cache", "skill_embeddings"):
@@ -314,9 +314,9 @@ def test_model_change_re_embeds_every_vector_and_never_mixes_dimensions(db_path)
     old.search("topic", "vector", 5)  # loads the old model's index
     new = skills.Registry(db_path, FakeEmbedder(16, "new-16"), environ={})
     assert new.search("topic 3", "vector", 5)["results"] == []  # no vector of the new model yet
-    assert sorted(new.stale_embeddings()) == ids
-    assert new.reembed_stale(batch_size=2) == 5
-    assert new.stale_embeddings() == []
+    assert sorted(new.search_index.stale_embeddings()) == ids
+    assert new.search_index.reembed_stale(batch_size=2) == 5
+    assert new.search_index.stale_embeddings() == []
     assert rows(db_path, "select distinct model, dim from skill_embeddings") == [("new-16", 16)]
     assert new.search("topic 3", "vector", 1)["results"][0]["id"] == ids[3]
 
@@ -329,10 +329,10 @@ def test_vectors_made_by_the_fallback_are_re_embedded_when_the_remote_answers_ag
     assert rows(db_path, "select model from skill_embeddings where skill_id = ?", sid) == [("offline-32",)]
     assert registry.search("csv json", "vector", 3)["results"][0]["id"] == sid  # offline query vs offline vectors
     remote.broken = False
-    assert registry.stale_embeddings() == [s["id"] for s in registry.list_summary()["skills"]]
+    assert registry.search_index.stale_embeddings() == [s["id"] for s in registry.list_summary()["skills"]]
     registry.search("anything", "vector", 3)  # the remote answers again: a re-embed pass starts
     deadline = time.monotonic() + 10
-    while registry.stale_embeddings() and time.monotonic() < deadline:
+    while registry.search_index.stale_embeddings() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert rows(db_path, "select distinct model from skill_embeddings") == [("remote-model",)]
     assert registry.search("csv json", "vector", 3)["results"][0]["id"] == sid
@@ -349,7 +349,7 @@ def test_search_answers_while_a_re_embed_runs(db_path):
     for i in range(6):
         make(old, name=f"s{i}", description=f"Skill {i}.")
     new = skills.Registry(db_path, SlowEmbedder(32, "new"), environ={})
-    worker = threading.Thread(target=new.reembed_stale, kwargs={"batch_size": 2})
+    worker = threading.Thread(target=new.search_index.reembed_stale, kwargs={"batch_size": 2})
     worker.start()
     started = time.perf_counter()
     out = new.search("skill", "hybrid", 3)
@@ -717,7 +717,7 @@ def test_stdio_mode_writes_nothing_but_protocol_to_stdout(tmp_path):
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", ["pipe", "file"])
 async def test_the_stdio_streams_read_lines_and_write_on_pipes_and_on_plain_files(tmp_path, kind):
-    import stdio_transport
+    from selfmcp.remote import stdio_transport
 
     if kind == "pipe":
         in_read, in_write = os.pipe()

@@ -61,7 +61,7 @@ def main() -> int:
     t_numpy = time.perf_counter() - t0
     t0 = time.perf_counter()
     sys.path.insert(0, str(REPO))
-    import static_embedder  # noqa: E402
+    from selfmcp.embedders import static as static_embedder  # noqa: E402
 
     t_import = time.perf_counter() - t0
     t0 = time.perf_counter()

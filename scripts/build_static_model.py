@@ -249,7 +249,7 @@ def main() -> int:
 
     # ---- checks against the reference implementation ----------------------
     sys.path.insert(0, str(REPO))
-    import static_embedder
+    from selfmcp.embedders import static as static_embedder
 
     se = static_embedder.load_static_embedder(out, stop_words=False)
     texts = _check_texts(args.check_texts)

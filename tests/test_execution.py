@@ -29,9 +29,9 @@ import pytest
 
 from mcp import Client, StdioServerParameters
 
-import depenv
+from selfmcp import depenv
 import executor
-import redact
+from selfmcp import redact
 import skills
 from embeddings import HashEmbedder
 from server import ConfigError, Settings, create_server
@@ -573,9 +573,9 @@ def test_run_history_keeps_the_newest_hundred_per_skill(tmp_path):
     registry = skills.Registry(tmp_path / "skills.db", HashEmbedder())
     keep = registry.create("keep", "Kept.", "print(1)")["id"]
     other = registry.create("other", "Other.", "print(1)")["id"]
-    registry.record_run(other, 1, "2026-01-01T00:00:00Z", 5.0, exit_code=0)
+    registry.runtime().record_run(other, 1, "2026-01-01T00:00:00Z", 5.0, exit_code=0)
     for i in range(skills.RUN_HISTORY_PER_SKILL + 5):
-        registry.record_run(keep, 1, f"2026-01-01T00:00:{i:03d}Z", float(i), exit_code=0 if i % 2 else 1)
+        registry.runtime().record_run(keep, 1, f"2026-01-01T00:00:{i:03d}Z", float(i), exit_code=0 if i % 2 else 1)
     runs = registry.get_detail(keep)["runs"]
     assert runs["count"] == skills.RUN_HISTORY_PER_SKILL
     assert runs["last_run_at"] == f"2026-01-01T00:00:{skills.RUN_HISTORY_PER_SKILL + 4:03d}Z"

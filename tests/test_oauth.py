@@ -25,8 +25,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.provider import AuthorizationParams
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
-import oauth
-from http_security import LoginLimiter
+from selfmcp.remote import oauth
+from selfmcp.remote.http_security import LoginLimiter
 
 pytestmark = pytest.mark.anyio
 

@@ -18,9 +18,9 @@ from serving import REDIRECT, form_fields, mcp_post, pkce, register
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-import oauth
+from selfmcp.remote import oauth
 import server
-from http_security import HostAllowList
+from selfmcp.remote.http_security import HostAllowList
 from server import ConfigError, Settings
 
 pytestmark = pytest.mark.anyio
@@ -84,10 +84,10 @@ def test_the_host_allow_list(host, allowed):
 
 def test_no_auth_on_a_public_bind_warns_loudly(caplog):
     settings = Settings.from_env({"SELFMCP_AUTH": "none"})
-    remote = oauth.RemoteAuth.create("none", base_url=settings.base_url, mcp_path="/mcp", db_path=settings.db_path,
+    remote = oauth.RemoteAuth.create("none", base_url=settings.base_url, mcp_path="/mcp", database=settings.db_path,
                                      auth_token=None, owner_password=None)
     with caplog.at_level(logging.WARNING, logger="selfmcp"):
-        server._announce_auth(settings, remote)
+        server.announce_auth(settings, remote)
     assert "SECURITY: SELFMCP_AUTH=none" in caplog.text
 
 

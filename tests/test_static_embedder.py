@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from static_embedder import basic_tokenize, load_static_embedder  # noqa: E402
+from selfmcp.embedders.static import basic_tokenize, load_static_embedder  # noqa: E402
 
 MODEL_DIR = REPO / "models" / "minilm-l6-static"
 
@@ -225,7 +225,7 @@ def test_speed(emb):
 
 def test_import_needs_only_numpy():
     code = (
-        "import sys; import static_embedder; "
+        "import sys; import selfmcp.embedders.static; "
         "bad = [m for m in ('torch', 'transformers', 'tokenizers', 'model2vec', 'sklearn', 'scipy') if m in sys.modules]; "
         "print(bad)"
     )

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from credentials import is_credential_name
+from selfmcp.credentials import is_credential_name
 
 MIN_SECRET_CHARS = 8
 # A truncated output may end inside a secret: a dangling prefix this long is hidden too.

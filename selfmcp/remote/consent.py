@@ -23,8 +23,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from mcp.server.auth.json_response import PydanticJSONResponse
 from mcp.shared.auth import ProtectedResourceMetadata
 
-from http_security import LoginLimiter
-from oauth import ConsentRequest, OAuthProvider, RemoteAuth
+from selfmcp.remote.http_security import LoginLimiter
+from selfmcp.remote.oauth import ConsentRequest, OAuthProvider, RemoteAuth
 
 log = logging.getLogger("selfmcp.consent")
 

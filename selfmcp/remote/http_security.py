@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 
 from mcp.server.transport_security import TransportSecuritySettings
 
+from selfmcp.errors import error_json
+
 log = logging.getLogger("selfmcp.http")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -172,13 +174,15 @@ class RequestGuard:
         host = headers.get(b"host", b"").decode("latin-1")
         if not self.hosts.allows(host) and not (path in OPEN_PATHS and scope.get("method") == "GET"):
             log.warning("refused a request for %s from %s: Host %r is not allowed", path, client, host[:100])
-            await _send_json(send, 421, (
-                b'{"error": "host_not_allowed", "message": "This server does not answer to that Host header.", '
-                b'"hint": "Connect through SELFMCP_PUBLIC_URL, or add the host to SELFMCP_ALLOWED_HOSTS."}'))
+            await _send_json(send, 421, error_json(
+                "host_not_allowed", "This server does not answer to that Host header.",
+                "Connect through SELFMCP_PUBLIC_URL, or add the host to SELFMCP_ALLOWED_HOSTS."))
             return
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_body_bytes:
-            await _send_json(send, 413, b'{"error": "body_too_large", "message": "The request body is too large."}')
+            await _send_json(send, 413, error_json(
+                "body_too_large", f"The request body is larger than {self.max_body_bytes} bytes.",
+                "Send a smaller request: skill bodies are at most 256 KiB and params at most 1 MiB."))
             return
         if not (path.startswith(MCP_PATHS) or path in OAUTH_PATHS):
             await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ Inference needs only numpy and the standard library:
 
 Usage::
 
-    from static_embedder import load_static_embedder
+    from selfmcp.embedders.static import load_static_embedder
     emb = load_static_embedder()          # ~10-20 ms
     vecs = emb.embed(["send an email", "weather forecast"])   # (2, 256) float32
 
@@ -45,7 +45,7 @@ __all__ = [
     "STOP_WORDS",
 ]
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "models" / "minilm-l6-static"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "minilm-l6-static"
 
 # --------------------------------------------------------------------------
 # Tokeniser (BERT uncased: BertNormalizer + BertPreTokenizer + WordPiece)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import textwrap
 
-from credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
+from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (

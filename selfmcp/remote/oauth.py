@@ -49,6 +49,7 @@ from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, Re
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
 
 import db
+from selfmcp.remote.http_security import is_loopback
 
 log = logging.getLogger("selfmcp.oauth")
 
@@ -97,23 +98,18 @@ def _now_text() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-@contextlib.contextmanager
-def _connect(db_path: Path) -> Iterator[sqlite3.Connection]:
-    with contextlib.closing(db.connect(db_path)) as conn:
-        yield conn
-
-
 def new_owner_password() -> str:
     return secrets.token_urlsafe(18)
 
 
-def ensure_owner_password(db_path: Path) -> str | None:
+def ensure_owner_password(database: db.Database | Path) -> str | None:
     """Create the owner password on first start; return it then (to print once), None afterwards."""
-    with _connect(db_path) as conn:
+    database = db.Database.of(database)
+    with database.read() as conn:
         if conn.execute("select 1 from oauth_owner where id = 1").fetchone():
             return None
     password = new_owner_password()
-    with _connect(db_path) as conn, db.transaction(conn):
+    with database.write() as conn:
         cursor = conn.execute("""
             insert or ignore into oauth_owner (id, password_hash, created_at)
             values (1, ?, ?)
@@ -121,10 +117,10 @@ def ensure_owner_password(db_path: Path) -> str | None:
         return password if cursor.rowcount else None
 
 
-def reset_owner_password(db_path: Path) -> str:
+def reset_owner_password(database: db.Database | Path) -> str:
     """Replace the stored owner password with a new one and sign every OAuth client out; return it."""
     password = new_owner_password()
-    with _connect(db_path) as conn, db.transaction(conn):
+    with db.Database.of(database).write() as conn:
         conn.execute("""
             insert or replace into oauth_owner (id, password_hash, created_at)
             values (1, ?, ?)
@@ -145,13 +141,9 @@ def _check_redirect_uri(uri: str) -> None:
     scheme = parts.scheme.lower()
     if scheme in UNSAFE_REDIRECT_SCHEMES or parts.fragment:
         raise RegistrationError("invalid_redirect_uri", f"Redirect URI {uri!r} is not allowed.")
-    if scheme == "http" and not _is_loopback_name(parts.hostname or ""):
+    if scheme == "http" and not is_loopback(parts.hostname or ""):
         raise RegistrationError("invalid_redirect_uri",
                                 f"Redirect URI {uri!r} must use https (plain http only on localhost).")
-
-
-def _is_loopback_name(host: str) -> bool:
-    return host.lower() in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
 
 # ------------------------------------------------------------------------------ provider
@@ -181,11 +173,11 @@ class ConsentRequest:
 
 
 class OAuthProvider:
-    """The SDK's OAuthAuthorizationServerProvider, backed by the SQLite file at `db_path`."""
+    """The SDK's OAuthAuthorizationServerProvider, backed by the program's SQLite `Database`."""
 
-    def __init__(self, db_path: Path, *, issuer_url: str, resource_url: str, static_token: str | None = None,
+    def __init__(self, database: db.Database | Path, *, issuer_url: str, resource_url: str, static_token: str | None = None,
                  owner_password: str | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.db_path = db_path
+        self.db = db.Database.of(database)
         self.issuer_url = issuer_url
         self.resource_url = resource_url
         self.static_token = static_token
@@ -205,7 +197,7 @@ class OAuthProvider:
         return await self._run(self._get_client, client_id)
 
     def _get_client(self, client_id: str) -> OAuthClientInformationFull | None:
-        with _connect(self.db_path) as conn:
+        with self.db.read() as conn:
             row = conn.execute("select info_json from oauth_clients where client_id = ?", (client_id,)).fetchone()
         return OAuthClientInformationFull.model_validate_json(row["info_json"]) if row else None
 
@@ -222,7 +214,7 @@ class OAuthProvider:
 
     def _register_client(self, client_info: OAuthClientInformationFull) -> None:
         now = int(self.clock())
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             self._purge(conn, now)
             count = conn.execute("select count(*) from oauth_clients").fetchone()[0]
             if count >= MAX_CLIENTS:
@@ -276,7 +268,7 @@ class OAuthProvider:
         return await anyio.to_thread.run_sync(verify_password, password, stored, limiter=self._password_checks)
 
     def _stored_password_hash(self) -> str | None:
-        with _connect(self.db_path) as conn:
+        with self.db.read() as conn:
             row = conn.execute("select password_hash from oauth_owner where id = 1").fetchone()
         return row["password_hash"] if row else None
 
@@ -301,7 +293,7 @@ class OAuthProvider:
                 "redirect_uri": str(params.redirect_uri),
                 "redirect_uri_provided_explicitly": params.redirect_uri_provided_explicitly,
                 "resource": params.resource}
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             conn.execute("""
                 insert into oauth_codes (code_hash, client_id, grant_id, data_json, expires_at)
                 values (?, ?, ?, ?, ?)
@@ -313,7 +305,7 @@ class OAuthProvider:
         return await self._run(self._load_code, client.client_id, authorization_code)
 
     def _load_code(self, client_id: str, code: str) -> AuthorizationCode | None:
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             row = conn.execute("""
                 select grant_id, data_json, expires_at, used_at
                 from oauth_codes
@@ -336,7 +328,7 @@ class OAuthProvider:
 
     def _exchange_code(self, client_id: str, code: AuthorizationCode) -> OAuthToken:
         now = int(self.clock())
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             row = conn.execute("""
                 select grant_id
                 from oauth_codes
@@ -368,7 +360,7 @@ class OAuthProvider:
         return await self._run(self._load_refresh, client.client_id, refresh_token)
 
     def _load_refresh(self, client_id: str, token: str) -> StoredRefreshToken | None:
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             row = self._token_row(conn, token, "refresh")
             if row is None or row["client_id"] != client_id:
                 return None
@@ -394,7 +386,7 @@ class OAuthProvider:
 
     def _rotate(self, client_id: str, old: StoredRefreshToken, scopes: list[str]) -> OAuthToken:
         now = int(self.clock())
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             # The rotated token stays (until it expires) so that a replay of it can be recognised.
             cursor = conn.execute("""
                 update oauth_tokens
@@ -414,7 +406,7 @@ class OAuthProvider:
         return await self._run(self._load_access, token)
 
     def _load_access(self, token: str) -> StoredAccessToken | None:
-        with _connect(self.db_path) as conn:
+        with self.db.read() as conn:
             row = self._token_row(conn, token, "access")
         if row is None or row["expires_at"] < self.clock():
             return None
@@ -429,7 +421,7 @@ class OAuthProvider:
             log.info("revoked an OAuth grant of client %s", token.client_id)
 
     def _revoke_grant(self, grant_id: str) -> None:
-        with _connect(self.db_path) as conn, db.transaction(conn):
+        with self.db.write() as conn:
             conn.execute("delete from oauth_tokens where grant_id = ?", (grant_id,))
 
 
@@ -460,7 +452,7 @@ class RemoteAuth:
     server_kwargs: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, mode: str, *, base_url: str, mcp_path: str, db_path: Path, auth_token: str | None,
+    def create(cls, mode: str, *, base_url: str, mcp_path: str, database: db.Database | Path, auth_token: str | None,
                owner_password: str | None) -> RemoteAuth:
         resource_url = base_url + mcp_path
         auth = cls(mode=mode, base_url=base_url, resource_url=resource_url)
@@ -475,7 +467,7 @@ class RemoteAuth:
             auth.verifier = StaticTokenVerifier(auth_token, resource_url)
             auth.server_kwargs = {"token_verifier": auth.verifier, "auth": AuthSettings(**settings)}
             return auth
-        auth.provider = OAuthProvider(db_path, issuer_url=base_url, resource_url=resource_url,
+        auth.provider = OAuthProvider(database, issuer_url=base_url, resource_url=resource_url,
                                       static_token=auth_token, owner_password=owner_password)
         auth.server_kwargs = {"auth_server_provider": auth.provider, "auth": AuthSettings(
             **settings, client_registration_options=ClientRegistrationOptions(enabled=True),

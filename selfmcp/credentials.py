@@ -1,0 +1,138 @@
+"""Credentials: which environment variables hold them, and what a skill's auth_config needs.
+
+The names are one list, used by the `selfmcp_env_keys` core skill (which reports names only) and by
+output redaction (which hides the values).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any
+
+KNOWN_SERVICES: dict[str, str] = {
+    "ANTHROPIC_API_KEY": "Anthropic (Claude)",
+    "OPENAI_API_KEY": "OpenAI",
+    "GEMINI_API_KEY": "Google Gemini",
+    "GOOGLE_API_KEY": "Google APIs",
+    "GOOGLE_CLIENT_ID": "Google OAuth client",
+    "GOOGLE_CLIENT_SECRET": "Google OAuth client",
+    "MISTRAL_API_KEY": "Mistral",
+    "COHERE_API_KEY": "Cohere",
+    "GROQ_API_KEY": "Groq",
+    "HF_TOKEN": "Hugging Face",
+    "GITHUB_TOKEN": "GitHub",
+    "GITLAB_TOKEN": "GitLab",
+    "SLACK_BOT_TOKEN": "Slack",
+    "DISCORD_BOT_TOKEN": "Discord",
+    "TELEGRAM_BOT_TOKEN": "Telegram",
+    "NOTION_API_KEY": "Notion",
+    "LINEAR_API_KEY": "Linear",
+    "STRIPE_API_KEY": "Stripe",
+    "TWILIO_AUTH_TOKEN": "Twilio",
+    "SENDGRID_API_KEY": "SendGrid",
+    "AWS_ACCESS_KEY_ID": "Amazon Web Services",
+    "AWS_SECRET_ACCESS_KEY": "Amazon Web Services",
+    "AZURE_OPENAI_API_KEY": "Azure OpenAI",
+    "DATABASE_URL": "Database connection string",
+}
+
+# Names that look like credentials. A name matching none of these is not treated as secret.
+CREDENTIAL_NAME_PATTERNS: tuple[str, ...] = (
+    r".*_API_KEY", r".*_TOKEN", r".*_SECRET", r".*_KEY", r".*_PASSWORD", r".*_CREDENTIALS",
+    r".*_SECRET_.*", r".*_AUTH_.*", r"DATABASE_URL", r".*_PAT",
+)
+_CREDENTIAL_NAME_RE = re.compile("^(?:" + "|".join(CREDENTIAL_NAME_PATTERNS) + ")$", re.IGNORECASE)
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def is_credential_name(name: str) -> bool:
+    return name in KNOWN_SERVICES or bool(_CREDENTIAL_NAME_RE.match(name))
+
+
+def auth_config_problem(auth_config: Any) -> str | None:
+    """What is wrong with a (non-empty) auth_config, in one sentence; None when it is valid."""
+    if not isinstance(auth_config, dict):
+        return "auth_config must be an object."
+    kind = auth_config.get("type")
+    if kind == "api_key":
+        env_var = auth_config.get("env_var")
+        if not isinstance(env_var, str) or not ENV_NAME_RE.match(env_var):
+            return f"api_key auth_config needs env_var, an environment variable name; got {env_var!r}."
+    elif kind == "oauth2":
+        auth_url = auth_config.get("auth_url")
+        if not isinstance(auth_url, str) or urllib.parse.urlsplit(auth_url).scheme not in ("http", "https"):
+            return f"oauth2 auth_config needs auth_url, an http(s) URL; got {auth_url!r}."
+        for key in ("client_id_env", "client_secret_env", "token_env"):
+            value = auth_config.get(key)
+            if (value is not None or key == "client_id_env") and (
+                    not isinstance(value, str) or not ENV_NAME_RE.match(value)):
+                return f"oauth2 auth_config {key} must be an environment variable name; got {value!r}."
+        scopes = auth_config.get("scopes", [])
+        if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
+            return "oauth2 auth_config scopes must be a list of strings."
+    else:
+        return f"Unknown auth_config type {kind!r}; use 'api_key' or 'oauth2'."
+    return None
+
+
+def required_env_vars(auth_config: Mapping[str, Any] | None) -> list[str]:
+    """Environment variables a skill's auth_config says must be set before it runs."""
+    if not auth_config:
+        return []
+    if auth_config.get("type") == "api_key":
+        return [auth_config["env_var"]]
+    names = [auth_config.get(k) for k in ("client_id_env", "client_secret_env", "token_env")]
+    return [n for n in names if n]
+
+
+def missing_env_vars(auth_config: Mapping[str, Any] | None, environ: Mapping[str, str]) -> list[str]:
+    return [n for n in required_env_vars(auth_config) if not environ.get(n)]
+
+
+def replit_secrets_url(environ: Mapping[str, str]) -> str | None:
+    owner, slug = environ.get("REPL_OWNER"), environ.get("REPL_SLUG")
+    if owner and slug:
+        return f"https://replit.com/@{urllib.parse.quote(owner)}/{urllib.parse.quote(slug)}#secrets"
+    return None
+
+
+def auth_instructions(auth: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """How the user supplies what a (validated) auth_config needs: env vars, instructions, OAuth2 link."""
+    missing = missing_env_vars(auth, environ)
+    replit = replit_secrets_url(environ)
+    where = f"add it in the Replit Secrets panel ({replit}) and restart" if replit else \
+        "set it in the server's environment (or the env block of your MCP client config) and restart the server"
+    out: dict[str, Any] = {"type": auth["type"], "env_vars": required_env_vars(auth), "missing": missing,
+                           "ready": not missing}
+    if auth["type"] == "api_key":
+        extra = auth.get("instructions") or "Get an API key from the service's developer console."
+        out["instructions"] = f"{extra} Then {where}: {auth['env_var']}=<your key>."
+    else:
+        client_id = environ.get(auth["client_id_env"])
+        if client_id:
+            query = {"client_id": client_id, "response_type": "code",
+                     "scope": " ".join(auth.get("scopes", [])), "state": secrets.token_urlsafe(16)}
+            if auth.get("redirect_uri"):
+                query["redirect_uri"] = auth["redirect_uri"]
+            if auth.get("extra_params") and isinstance(auth["extra_params"], dict):
+                query.update({str(k): str(v) for k, v in auth["extra_params"].items()})
+            sep = "&" if urllib.parse.urlsplit(auth["auth_url"]).query else "?"
+            out["auth_url"] = auth["auth_url"] + sep + urllib.parse.urlencode(query, quote_via=urllib.parse.quote)
+            out["state"] = query["state"]
+            out["instructions"] = (
+                "Open auth_url, approve access, and exchange the returned code at "
+                f"{auth.get('token_url', 'the token endpoint')}. Then {where}"
+                + (f": {auth['token_env']}=<access token>." if auth.get("token_env") else "."))
+        else:
+            out["auth_url"] = None
+            out["instructions"] = (f"Register an OAuth client with the provider, then {where}: "
+                                   f"{auth['client_id_env']}=<client id>"
+                                   + (f" and {auth['client_secret_env']}=<client secret>"
+                                      if auth.get("client_secret_env") else "")
+                                   + ". Call skill_auth_url again for the authorization link.")
+    if replit:
+        out["replit_secrets_url"] = replit
+    return out

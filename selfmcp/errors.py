@@ -1,0 +1,111 @@
+"""The one error shape every failure reaches a client in, built in one place.
+
+    {"error": "skill_not_found", "message": "No active skill with id 42.",
+     "hint": "Call skill_search to find the right id.", ...details}
+
+`error` is a stable snake_case code (API: never renamed); `message` one sentence; `hint` the next
+step. Details sit beside them at the top level, as the specification puts `missing` and `name`.
+Registry errors (`SkillError`, whose hierarchy is drawn in its docstring), storage errors, argument errors and the HTTP guard's bodies
+all come through `error_body`; tests/test_error_shape.py holds every source to it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from selfmcp.redact import Redactor
+
+REQUIRED_KEYS = ("error", "message", "hint")
+
+
+def error_body(code: str, message: str, hint: str, **details: Any) -> dict[str, Any]:
+    """The error payload: code, message and hint first, then any details."""
+    return {"error": code, "message": message, "hint": hint, **details}
+
+
+def error_json(code: str, message: str, hint: str, **details: Any) -> bytes:
+    """`error_body` as UTF-8 JSON, for HTTP responses."""
+    return json.dumps(error_body(code, message, hint, **details), ensure_ascii=False).encode()
+
+
+class SkillError(Exception):
+    """A failure the caller can act on. `code` is stable API; `hint` is the next step.
+
+    SkillError
+     ├── InvalidArgument and the other invalid_* codes: bad input, nothing changed
+     ├── SkillNotFound, SkillExists, NothingToUpdate: the registry's state says no
+     ├── CannotDeleteCoreSkill, CannotRenameCoreSkill: core skills are guarded
+     └── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
+    """
+
+    code = "skill_error"
+    hint = ""
+
+    def __init__(self, message: str, *, hint: str | None = None, **details: Any) -> None:
+        super().__init__(message)
+        self.hint = hint or self.hint
+        self.details = details
+
+    def payload(self) -> dict[str, Any]:
+        return error_body(self.code, str(self), self.hint, **self.details)
+
+    def redacted(self, redactor: Redactor) -> SkillError:
+        """This error with secret values hidden in its message, hint and details."""
+        if redactor:
+            self.args = (redactor.redact(str(self)),)
+            self.hint = redactor.redact(self.hint)
+            self.details = redactor.redact_obj(self.details)
+        return self
+
+
+def _error(name: str, code: str, hint: str) -> type[SkillError]:
+    return type(name, (SkillError,), {"code": code, "hint": hint, "__module__": __name__})
+
+
+InvalidArgument = _error("InvalidArgument", "invalid_argument", "Fix the argument named in the message and call again.")
+InvalidName = _error("InvalidName", "invalid_name",
+                     "Use 1-64 characters: letters, digits, '_', '-' or '.'; no spaces or slashes.")
+InvalidDescription = _error("InvalidDescription", "invalid_description",
+                            "Give a non-empty description of at most 4 KiB saying what the skill does and when "
+                            "to use it.")
+InvalidBody = _error("InvalidBody", "invalid_body",
+                     "Give a non-empty body of at most 256 KiB: a Python script, or a SKILL.md with ```python "
+                     "blocks.")
+InvalidCode = _error("InvalidCode", "invalid_code", "Fix the syntax error at the line given and call again.")
+InvalidDependency = _error("InvalidDependency", "invalid_dependency",
+                           "Give dependencies as a list of pip requirement strings such as 'requests>=2'.")
+InvalidAuthConfig = _error("InvalidAuthConfig", "invalid_auth_config",
+                           'Use {"type": "api_key", "env_var": "X_API_KEY", "instructions": "..."} or '
+                           '{"type": "oauth2", "auth_url": "https://...", "client_id_env": "X_CLIENT_ID", '
+                           '"scopes": [...]}.')
+InvalidParams = _error("InvalidParams", "invalid_params", "Pass params as a JSON object of at most 1 MiB.")
+InvalidTimeout = _error("InvalidTimeout", "invalid_timeout",
+                        "Use a timeout between 1 and 600 seconds.")
+InvalidMode = _error("InvalidMode", "invalid_mode", "Use mode 'hybrid' (default), 'keyword' or 'vector'.")
+InvalidTopK = _error("InvalidTopK", "invalid_top_k", "Use top_k between 1 and 50.")
+InvalidQuery = _error("InvalidQuery", "invalid_query", "Use a query of at most 4096 characters.")
+InvalidCursor = _error("InvalidCursor", "invalid_cursor",
+                       "Pass the next_cursor value from the previous skill_list_summary call, or omit it.")
+InvalidLimit = _error("InvalidLimit", "invalid_limit", "Use a limit between 1 and 1000.")
+InvalidParamsSchema = _error("InvalidParamsSchema", "invalid_params_schema",
+                             'Give a JSON Schema object, e.g. {"type": "object", "properties": {"city": {"type": '
+                             '"string"}}, "required": ["city"]}, or {} for none.')
+SkillNotFound = _error("SkillNotFound", "skill_not_found",
+                       "Call skill_search or skill_list_summary to find the right id.")
+SkillExists = _error("SkillExists", "skill_exists", "Call skill_update on the existing skill, or choose another name.")
+NothingToUpdate = _error("NothingToUpdate", "nothing_to_update",
+                         "Pass at least one of name, description, body, dependencies, auth_config, params_schema.")
+CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skill",
+                               "Core skills stay in the registry; update their body or description instead.")
+CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",
+                               "Core skills keep their names; leave name out of the update.")
+MissingCredentials = _error("MissingCredentials", "missing_credentials", "")
+NoAuthConfig = _error("NoAuthConfig", "no_auth_config",
+                      "This skill declares no auth_config, so it needs no setup; call skill_execute directly.")
+NotExecutable = _error("NotExecutable", "not_executable",
+                       "Read the body with skill_get_detail and follow it, or update it to add a ```python block.")
+DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
+                                 "Check the requirement names and versions in `installer_tail`, fix them with "
+                                 "skill_update, and call skill_execute again.")

@@ -1,0 +1,404 @@
+"""Search: what a skill is found by, how a query is scored, and the indexes that make it fast.
+
+- Text analysis: `split_words`, `fts_terms`, `index_texts` (the FTS fields and the embedded text).
+- Index writes: `Search.prepare()` embeds before a write's transaction (no model call ever holds
+  the write lock); `write()` puts the FTS row, summary and embedding in the caller's transaction;
+  `after_commit()` updates the in-memory vector index.
+- Scoring: keyword (FTS5 bm25, normalised by the best match), vector (cosine over the in-memory
+  index of the active model), hybrid (VECTOR_WEIGHT * min-max cosine + the rest * keyword), then
+  ranking with core skills damped.
+- Upkeep: re-embedding of vectors that are missing or of another model, in the background.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from embeddings import Embedder, content_hash, decode, embed_with_model, encode
+from selfmcp import skillmd
+from selfmcp.embedders.static import STOP_WORDS as ENGLISH_STOP_WORDS
+from selfmcp.store import SkillStore, Statements, now_text
+
+log = logging.getLogger("selfmcp.search")
+
+SearchMode = Literal["keyword", "vector", "hybrid"]
+SEARCH_MODES: tuple[str, ...] = ("keyword", "vector", "hybrid")
+# Hybrid score = VECTOR_WEIGHT * minmax(cosine) + (1 - VECTOR_WEIGHT) * bm25 / best bm25.
+VECTOR_WEIGHT = 0.7
+# Core skills are about the server itself; keep them from crowding ordinary results.
+CORE_SCORE_FACTOR = 0.6
+KEYWORD_CANDIDATES = 200
+VECTOR_CANDIDATES = 100
+SHORT_DESCRIPTION_CHARS = 120
+
+# Query words that say nothing about which skill is wanted: English stop words, plus the
+# words people use to ask for a tool at all.
+STOP_WORDS = ENGLISH_STOP_WORDS | frozenset("want need like get use using tool tools help find".split())
+
+_WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
+_CAMEL_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_A-Za-z]+", re.UNICODE)
+
+
+# ------------------------------------------------------------------------ text analysis
+
+def split_words(text: str) -> list[str]:
+    """Words of `text`, with snake_case, kebab-case and CamelCase split apart, lowercased."""
+    words: list[str] = []
+    for token in _WORD_RE.findall(text):
+        parts = _CAMEL_RE.findall(token) or [token]
+        words.extend(p.lower() for p in parts)
+    return words
+
+
+def fts_terms(query: str) -> list[str]:
+    """The query's words as FTS5 terms: stop words dropped, each quoted.
+
+    Quoting makes FTS syntax in the query (NOT, OR, -, *, :, quotes) words to search
+    for, never operators. A query of stop words only keeps them all. No prefix
+    matching: the porter stemmer already joins inflections, and on the dev set prefix
+    terms left hybrid recall unchanged while making keyword search ~10% slower.
+    """
+    words = split_words(query)
+    terms = list(dict.fromkeys(w for w in words if w not in STOP_WORDS)) or list(dict.fromkeys(words))
+    return [f'"{w}"' for w in terms[:32]]
+
+
+def short_description(description: str) -> str:
+    text = " ".join(description.split())
+    first = re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    if len(first) > SHORT_DESCRIPTION_CHARS:
+        first = first[: SHORT_DESCRIPTION_CHARS - 1].rstrip() + "…"
+    return first
+
+
+def index_texts(name: str, description: str, frontmatter: dict[str, object]) -> tuple[tuple[str, str, str], str]:
+    """What a skill is found by: the (name, description, tags) fields of its FTS row and the embedded text."""
+    words = " ".join(split_words(name))
+    tags = skillmd.frontmatter_search_text(frontmatter)
+    text = " ".join(part for part in (words, description, tags) if part)
+    return (f"{name} {words}", description, tags), text
+
+
+# --------------------------------------------------------------------- in-memory indexes
+
+class QueryCache:
+    """A small LRU of query text -> (vector, model id), so repeated searches skip embedding."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> tuple[np.ndarray, str] | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None:
+                self._items.move_to_end(key)
+            return item
+
+    def put(self, key: str, value: tuple[np.ndarray, str]) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+class VectorIndex:
+    """One model's vectors in a contiguous matrix, kept in step with writes.
+
+    Rows are L2-normalised, so cosine similarity is one matrix-vector product.
+    Removal swaps the last row into the hole, keeping the matrix dense.
+    """
+
+    def __init__(self, model_id: str, dim: int) -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self._matrix = np.zeros((64, dim), dtype=np.float32)
+        self._ids = np.zeros(64, dtype=np.int64)
+        self._row_of: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def upsert(self, skill_id: int, vector: np.ndarray) -> None:
+        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if vector.shape[0] != self.dim:
+            raise ValueError(f"vector of dimension {vector.shape[0]} in an index of dimension {self.dim}")
+        with self._lock:
+            row = self._row_of.get(skill_id)
+            if row is None:
+                row = len(self._row_of)
+                if row >= self._matrix.shape[0]:
+                    grow = max(64, self._matrix.shape[0])
+                    self._matrix = np.vstack([self._matrix, np.zeros((grow, self.dim), np.float32)])
+                    self._ids = np.concatenate([self._ids, np.zeros(grow, np.int64)])
+                self._row_of[skill_id] = row
+                self._ids[row] = skill_id
+            self._matrix[row] = vector
+
+    def remove(self, skill_id: int) -> None:
+        with self._lock:
+            row = self._row_of.pop(skill_id, None)
+            if row is None:
+                return
+            last = len(self._row_of)
+            if row != last:
+                moved = int(self._ids[last])
+                self._matrix[row] = self._matrix[last]
+                self._ids[row] = moved
+                self._row_of[moved] = row
+
+    def similarities(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine of `query` with every row: (skill ids, similarities), unordered."""
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise ValueError(f"query of dimension {query.shape[0]} against an index of dimension {self.dim}")
+        with self._lock:
+            n = len(self._row_of)
+            return self._ids[:n].copy(), self._matrix[:n] @ query
+
+
+# -------------------------------------------------------------------------------- search
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """A skill's search data, computed before its write transaction."""
+
+    fields: tuple[str, str, str]
+    text: str
+    text_hash: str
+    vector: np.ndarray | None
+    model: str | None
+
+
+class Search:
+    """Keyword, vector and hybrid search over one store, and the upkeep of its derived data."""
+
+    def __init__(self, store: SkillStore, embedder: Embedder) -> None:
+        self.store = store
+        self.embedder = embedder
+        self._query_cache = QueryCache()
+        self._indexes: dict[str, VectorIndex] = {}
+        self._index_lock = threading.Lock()
+        self._reembed_lock = threading.Lock()
+        with store.read() as tx:
+            self.core_ids = tx.core_ids()
+        if hasattr(embedder, "on_recovered"):
+            embedder.on_recovered = self.reembed_in_background
+
+    # -- index writes
+
+    def prepare(self, name: str, description: str, frontmatter: dict[str, object], *,
+                embed: bool = True) -> IndexEntry:
+        """The FTS fields, text and (unless `embed` is false) embedding of a skill about to be written."""
+        fields, text = index_texts(name, description, frontmatter)
+        vector, model = self._embed_one(text) if embed else (None, None)
+        return IndexEntry(fields, text, content_hash(text), vector, model)
+
+    def has_current_vector(self, tx: Statements, skill_id: int, text_hash: str) -> bool:
+        stored = tx.embedding_state(skill_id)
+        return stored is not None and stored["content_hash"] == text_hash and stored["model"] == self.embedder.model_id
+
+    def write(self, tx: Statements, skill_id: int, name: str, description: str, entry: IndexEntry, *,
+              now: str) -> None:
+        """Refresh a skill's FTS row, summary row and (when the entry has one) embedding, in `tx`."""
+        summary = {"id": skill_id, "name": name, "short_description": short_description(description)}
+        tx.write_search_row(skill_id, entry.fields, json.dumps(summary, ensure_ascii=False, separators=(",", ":")),
+                            now=now)
+        if entry.vector is not None and entry.model is not None:
+            tx.upsert_embedding(skill_id, encode(entry.vector), int(entry.vector.shape[0]), entry.model,
+                                entry.text_hash, now=now)
+
+    def after_commit(self, skill_id: int, vector: np.ndarray | None, model: str | None, *, active: bool) -> None:
+        """Bring the in-memory vector index in step with a committed write."""
+        with self._index_lock:
+            for index in self._indexes.values():
+                index.remove(skill_id)
+            if active and vector is not None and model in self._indexes:
+                self._indexes[model].upsert(skill_id, vector)
+
+    def _embed_one(self, text: str) -> tuple[np.ndarray | None, str | None]:
+        try:
+            vectors, model = embed_with_model(self.embedder, [text])
+        except Exception as exc:  # an embedder that cannot embed must not lose the write
+            log.warning("could not embed skill text (%s); it will be embedded later", type(exc).__name__)
+            return None, None
+        return vectors[0], model
+
+    # -- queries
+
+    def search(self, query: str, mode: SearchMode, top_k: int) -> dict[str, Any]:
+        """Rank skills for `query` (arguments already validated); see the module docstring."""
+        keyword = self._keyword_scores(query) if mode != "vector" else {}
+        vector: dict[int, float] | None = None
+        if mode != "keyword":
+            vector = self._vector_scores(query, mode, top_k)
+        if mode == "keyword" or (mode == "hybrid" and vector is None):
+            scores = keyword
+        elif mode == "vector":
+            scores = {i: max(0.0, s) for i, s in (vector or {}).items()}
+        else:
+            scores = _fuse(keyword, vector or {})
+        out: dict[str, Any] = {"query": query, "mode": mode, "results": self._rank(scores, top_k)}
+        if mode != "keyword" and vector is None:
+            out["note"] = "The query could not be embedded; results are keyword matches only."
+        return out
+
+    def _keyword_scores(self, query: str) -> dict[int, float]:
+        terms = fts_terms(query)
+        if not terms:
+            return {}
+        with self.store.read() as tx:
+            rows = tx.keyword_matches(" OR ".join(terms), KEYWORD_CANDIDATES)
+        if not rows:
+            return {}
+        best = -rows[0][1]
+        if best <= 0:
+            return {r[0]: 1.0 for r in rows}
+        return {r[0]: max(0.0, -r[1]) / best for r in rows}
+
+    def _query_vector(self, query: str) -> tuple[np.ndarray, str] | None:
+        cached = self._query_cache.get(query)
+        if cached is not None:
+            return cached
+        try:
+            vectors, model = embed_with_model(self.embedder, [query])
+        except Exception as exc:
+            log.warning("could not embed the query (%s)", type(exc).__name__)
+            return None
+        item = (vectors[0], model)
+        if model == self.embedder.model_id:  # don't cache fallback vectors past an outage
+            self._query_cache.put(query, item)
+        return item
+
+    def _index(self, model: str, dim: int) -> VectorIndex:
+        """The in-memory index of `model`'s vectors, loaded from the database on first use."""
+        with self._index_lock:
+            index = self._indexes.get(model)
+            if index is not None and index.dim == dim:
+                return index
+            index = VectorIndex(model, dim)
+            with self.store.read() as tx:
+                for skill_id, blob in tx.active_vectors(model, dim):
+                    index.upsert(skill_id, decode(blob))
+            self._indexes[model] = index
+            return index
+
+    def _vector_scores(self, query: str, mode: SearchMode, top_k: int) -> dict[int, float] | None:
+        """Cosine similarity of the best candidates; None when the query can't be embedded.
+
+        Hybrid takes VECTOR_CANDIDATES, min-max normalised over every skill of the model, so
+        they fuse with keyword scores on one scale; vector mode takes top_k raw cosines.
+        """
+        found = self._query_vector(query)
+        if found is None:
+            return None
+        qvec, model = found
+        if not np.any(qvec):
+            return {}
+        ids, sims = self._index(model, int(qvec.shape[0])).similarities(qvec)
+        if len(ids) == 0:
+            return {}
+        candidates = VECTOR_CANDIDATES if mode == "hybrid" else top_k
+        take = min(candidates, len(ids))
+        top = np.argpartition(-sims, take - 1)[:take]
+        if mode == "hybrid":
+            lo, hi = float(sims.min()), float(sims.max())
+            span = hi - lo if hi > lo else 1.0
+            return {int(ids[i]): (float(sims[i]) - lo) / span for i in top}
+        return {int(ids[i]): float(sims[i]) for i in top}
+
+    def _rank(self, scores: dict[int, float], top_k: int) -> list[dict[str, Any]]:
+        """The `top_k` best of `scores` (ties by id) as summary records with their score."""
+        if not scores:
+            return []
+        adjusted = dict(scores)
+        for i in self.core_ids & adjusted.keys():
+            adjusted[i] *= CORE_SCORE_FACTOR
+        # Deleted skills are already out of the FTS table and the vector index; fetching a
+        # few spare rows covers one deleted between the index lookup and this query.
+        best = heapq.nsmallest(top_k + 5, adjusted.items(), key=lambda item: (-item[1], item[0]))
+        ordered = [i for i, _ in best]
+        with self.store.read() as tx:
+            found = tx.active_summaries(ordered)
+        results = []
+        for i in ordered:
+            if i in found and len(results) < top_k:
+                item = json.loads(found[i])
+                item["score"] = round(min(1.0, max(0.0, adjusted[i])), 4)
+                results.append(item)
+        return results
+
+    # -- embeddings upkeep
+
+    def stale_embeddings(self, limit: int | None = None) -> list[int]:
+        """Active skills with no vector of the active model (missing, or another model's).
+
+        Writes keep vectors in step with the text, deleting a vector they could not
+        refresh, so this needs no text comparison and stays one indexed query.
+        """
+        with self.store.read() as tx:
+            return tx.stale_embedding_ids(self.embedder.model_id, limit)
+
+    def reembed_stale(self, batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> int:
+        """Re-embed every stale vector with the active model, in batches; return how many were done.
+
+        Searches keep working meanwhile: each batch commits on its own, and vector search
+        uses the vectors of the active model that exist so far.
+        """
+        stale = self.stale_embeddings()
+        done = 0
+        for start in range(0, len(stale), batch_size):
+            with self.store.read() as tx:
+                rows = tx.texts(stale[start:start + batch_size])
+            texts = [index_texts(r["name"], r["description"], skillmd.parse_body(r["body"]).frontmatter)[1]
+                     for r in rows]
+            vectors, model = embed_with_model(self.embedder, texts)
+            if model != self.embedder.model_id:
+                log.warning("re-embedding paused: the active model is not answering")
+                break
+            now = now_text()
+            with self.store.write() as tx:
+                for row, text, vector in zip(rows, texts, vectors, strict=True):
+                    tx.upsert_embedding(row["id"], encode(vector), int(vector.shape[0]), model, content_hash(text),
+                                        now=now)
+            for row, vector in zip(rows, vectors, strict=True):
+                self.after_commit(row["id"], vector, model, active=True)
+            done += len(rows)
+            if progress is not None:
+                progress(done, len(stale))
+        return done
+
+    def reembed_in_background(self) -> threading.Thread | None:
+        """Start re-embedding stale vectors in a daemon thread, unless a pass is already running."""
+        if not self._reembed_lock.acquire(blocking=False):
+            return None
+
+        def work() -> None:
+            try:
+                count = self.reembed_stale(progress=lambda done, total: log.info(
+                    "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
+                if count:
+                    log.info("re-embedding finished: %d skills", count)
+            except Exception:
+                log.exception("re-embedding failed; vector search covers the skills embedded so far")
+            finally:
+                self._reembed_lock.release()
+
+        thread = threading.Thread(target=work, name="selfmcp-reembed", daemon=True)
+        thread.start()
+        return thread
+
+
+def _fuse(keyword: dict[int, float], vector: dict[int, float]) -> dict[int, float]:
+    ids = set(keyword) | set(vector)
+    return {i: VECTOR_WEIGHT * vector.get(i, 0.0) + (1 - VECTOR_WEIGHT) * keyword.get(i, 0.0) for i in ids}

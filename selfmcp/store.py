@@ -1,0 +1,253 @@
+"""Every SQL statement on the skill tables, behind the program's one connection policy.
+
+Rows in, rows out: no validation and no domain errors here (skills.py decides what a missing
+row means). A unit of work is `with store.write() as tx:` (one `BEGIN IMMEDIATE` transaction)
+or `with store.read() as tx:`; both give a `Statements` bound to this thread's connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import db
+
+# Columns a skill_update may assign; update_skill() refuses any other name.
+PATCHABLE_COLUMNS = frozenset({"name", "description", "body", "dependencies_json", "auth_config_json",
+                               "params_schema_json"})
+
+
+def now_text() -> str:
+    """The timestamp every row is written with: UTC, milliseconds, ISO 8601 with a Z."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Statements:
+    """The skill tables' statements on one connection (inside the caller's transaction, if any)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # -- skills
+
+    def skill(self, skill_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("select * from skills where id = ?", (skill_id,)).fetchone()
+
+    def skill_by_name(self, name: str) -> sqlite3.Row | None:
+        return self.conn.execute("select * from skills where name = ?", (name,)).fetchone()
+
+    def other_skill_named(self, name: str, skill_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("select id from skills where name = ? and id != ?", (name, skill_id)).fetchone()
+
+    def insert_skill(self, name: str, values: Sequence[Any], *, is_core: bool, now: str) -> int:
+        """A new active skill at version 1; `values` are description, body and the three JSON columns."""
+        return self.conn.execute(
+            """
+            insert into skills(name, description, body, dependencies_json, auth_config_json,
+                params_schema_json, version, is_active, is_core, created_at, updated_at)
+            values (?, ?, ?, ?, ?, ?, 1, 1, ?, ?, ?)
+            """,
+            (name, *values, int(is_core), now, now)).lastrowid
+
+    def reactivate_skill(self, skill_id: int, values: Sequence[Any], *, version: int, is_core: bool,
+                         now: str) -> None:
+        self.conn.execute(
+            """
+            update skills set description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
+                params_schema_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
+            where id = ?
+            """,
+            (*values, version, int(is_core), now, skill_id))
+
+    def patch_skill(self, skill_id: int, patch: dict[str, Any], *, now: str) -> None:
+        """Assign `patch` (column -> value) and bump the version by one."""
+        unknown = set(patch) - PATCHABLE_COLUMNS
+        if unknown:
+            raise ValueError(f"not patchable: {sorted(unknown)}")
+        assignments = ", ".join(f"{column} = ?" for column in patch)
+        self.conn.execute(f"update skills set {assignments}, version = version + 1, updated_at = ? where id = ?",
+                          (*patch.values(), now, skill_id))
+
+    def deactivate_skill(self, skill_id: int, *, now: str) -> None:
+        self.conn.execute("update skills set is_active = 0, updated_at = ? where id = ?", (now, skill_id))
+        self.conn.execute("delete from skills_fts where rowid = ?", (skill_id,))
+
+    def mark_core(self, skill_id: int) -> None:
+        self.conn.execute("update skills set is_core = 1 where id = ?", (skill_id,))
+
+    def core_ids(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("select id from skills where is_core = 1")}
+
+    def count_active(self) -> int:
+        return self.conn.execute("select count(*) from skills where is_active = 1").fetchone()[0]
+
+    def texts(self, ids: Sequence[int]) -> list[sqlite3.Row]:
+        marks = ",".join("?" * len(ids))
+        return self.conn.execute(f"select id, name, description, body from skills where id in ({marks})",
+                                 list(ids)).fetchall()
+
+    # -- versions
+
+    def archive_version(self, skill_id: int, *, now: str) -> None:
+        """Record the skill's current row as its version in skill_versions (once per version)."""
+        self.conn.execute(
+            """
+            insert or ignore into skill_versions(skill_id, version, name, description, body,
+                dependencies_json, auth_config_json, params_schema_json, changed_at)
+            select id, version, name, description, body, dependencies_json, auth_config_json,
+                params_schema_json, ?
+            from skills
+            where id = ?
+            """,
+            (now, skill_id))
+
+    def version_numbers(self, skill_id: int) -> list[int]:
+        return [r[0] for r in self.conn.execute(
+            "select version from skill_versions where skill_id = ? order by version", (skill_id,))]
+
+    # -- derived rows: FTS, summary, embedding
+
+    def write_search_row(self, skill_id: int, fields: tuple[str, str, str], summary_json: str, *, now: str) -> None:
+        """Replace the skill's FTS row (name, description, tags) and its summary row."""
+        fname, fdesc, ftags = fields
+        self.conn.execute("delete from skills_fts where rowid = ?", (skill_id,))
+        self.conn.execute("insert into skills_fts(rowid, name, description, tags) values (?, ?, ?, ?)",
+                          (skill_id, fname, fdesc, ftags))
+        self.conn.execute(
+            """
+            insert into skill_summary_cache(id, summary_json, updated_at) values (?, ?, ?)
+            on conflict(id) do update set summary_json = excluded.summary_json, updated_at = excluded.updated_at
+            """,
+            (skill_id, summary_json, now))
+
+    def upsert_embedding(self, skill_id: int, blob: bytes, dim: int, model: str, text_hash: str, *,
+                         now: str) -> None:
+        self.conn.execute(
+            """
+            insert into skill_embeddings(skill_id, vector, dim, model, content_hash, updated_at)
+            values (?, ?, ?, ?, ?, ?)
+            on conflict(skill_id) do update set vector = excluded.vector, dim = excluded.dim,
+                model = excluded.model, content_hash = excluded.content_hash, updated_at = excluded.updated_at
+            """,
+            (skill_id, blob, dim, model, text_hash, now))
+
+    def embedding_state(self, skill_id: int) -> sqlite3.Row | None:
+        return self.conn.execute("select content_hash, model from skill_embeddings where skill_id = ?",
+                                 (skill_id,)).fetchone()
+
+    def delete_embedding(self, skill_id: int) -> None:
+        self.conn.execute("delete from skill_embeddings where skill_id = ?", (skill_id,))
+
+    def active_vectors(self, model: str, dim: int) -> Iterator[tuple[int, bytes]]:
+        yield from self.conn.execute(
+            """
+            select e.skill_id, e.vector
+            from skill_embeddings e
+            join skills s on s.id = e.skill_id
+            where s.is_active = 1 and e.model = ? and e.dim = ?
+            """,
+            (model, dim))
+
+    def stale_embedding_ids(self, model: str, limit: int | None = None) -> list[int]:
+        """Active skills with no vector of `model` (missing, or another model's)."""
+        rows = self.conn.execute(
+            """
+            select s.id
+            from skills s
+            left join skill_embeddings e on e.skill_id = s.id
+            where s.is_active = 1 and (e.skill_id is null or e.model != ?)
+            order by s.id
+            limit ?
+            """,
+            (model, -1 if limit is None else limit)).fetchall()
+        return [r[0] for r in rows]
+
+    # -- reading summaries and keyword matches
+
+    def summary_page(self, after: int, limit: int) -> list[tuple[int, str]]:
+        return self.conn.execute(
+            """
+            select s.id, c.summary_json
+            from skills s
+            join skill_summary_cache c on c.id = s.id
+            where s.is_active = 1 and s.id > ?
+            order by s.id
+            limit ?
+            """,
+            (after, limit)).fetchall()
+
+    def active_summaries(self, ids: Sequence[int]) -> dict[int, str]:
+        marks = ",".join("?" * len(ids))
+        return dict(self.conn.execute(
+            f"""
+            select s.id, c.summary_json
+            from skills s
+            join skill_summary_cache c on c.id = s.id
+            where s.is_active = 1 and s.id in ({marks})
+            """,
+            list(ids)).fetchall())
+
+    def keyword_matches(self, match: str, limit: int) -> list[tuple[int, float]]:
+        """FTS5 rows matching `match` (already quoted), best bm25 first."""
+        return self.conn.execute(
+            """
+            select rowid, bm25(skills_fts, 1.0, 1.0, 0.5) as rank
+            from skills_fts
+            where skills_fts match ?
+            order by rank
+            limit ?
+            """,
+            (match, limit)).fetchall()
+
+    # -- run history
+
+    def insert_run(self, skill_id: int, version: int, started_at: str, duration_ms: float, *, keep: int,
+                   exit_code: int | None = None, timed_out: bool = False, cancelled: bool = False,
+                   stdout_bytes: int = 0, stderr_bytes: int = 0, error: str | None = None) -> None:
+        """Add a run, keeping only the newest `keep` runs of the skill."""
+        self.conn.execute(
+            """
+            insert into skill_runs(skill_id, version, started_at, duration_ms, exit_code, timed_out,
+                cancelled, stdout_bytes, stderr_bytes, error)
+            values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+            """,
+            (skill_id, version, started_at, duration_ms, exit_code, int(timed_out), int(cancelled),
+             stdout_bytes, stderr_bytes, error))
+        self.conn.execute(
+            """
+            delete from skill_runs
+            where skill_id = ? and id <= (
+                select id from skill_runs where skill_id = ? order by id desc limit 1 offset ?)
+            """,
+            (skill_id, skill_id, keep))
+
+    def runs(self, skill_id: int) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            """
+            select started_at, duration_ms, exit_code, timed_out, cancelled, error
+            from skill_runs
+            where skill_id = ?
+            order by id desc
+            """,
+            (skill_id,)).fetchall()
+
+
+class SkillStore:
+    """The skill tables of one database, read and written through `Statements`."""
+
+    def __init__(self, database: db.Database | str | os.PathLike[str]) -> None:
+        self.db = db.Database.of(database)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Statements]:
+        with self.db.read() as conn:
+            yield Statements(conn)
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Statements]:
+        with self.db.write() as conn:
+            yield Statements(conn)
