@@ -115,7 +115,6 @@ class ExecResult:
     exit_code: int | None
     timed_out: bool
     duration_ms: float
-    cancelled: bool = False
     stdout_bytes: int = 0
     stderr_bytes: int = 0
     stdout_truncated: bool = False
@@ -183,12 +182,6 @@ def _is_within(path: str, parent: str) -> bool:
     return path == parent or path.startswith(parent.rstrip("/") + "/")
 
 
-def bwrap_command(sandbox: Sandbox, *, workdir: str, python: str,
-                  read_only: Sequence[str] = ()) -> list[str]:
-    """The bwrap argument list (up to the command) for one run."""
-    return [*bwrap_mounts(sandbox, python=python, read_only=read_only), *bwrap_workdir(workdir)]
-
-
 def bwrap_workdir(workdir: str) -> list[str]:
     return ["--bind", workdir, workdir, "--proc", "/proc", "--dev", "/dev", "--chdir", workdir,
             "--remount-ro", "/"]
@@ -217,11 +210,18 @@ def bwrap_mounts(sandbox: Sandbox, *, python: str, read_only: Sequence[str] = ()
         # (Never a parent of a system directory: hiding /usr would hide the interpreter.)
         if any(_is_within(path, s) for s in system) and not any(_is_within(s, path) for s in system):
             cmd += ["--tmpfs", path, "--remount-ro", path]
-    extra = {os.path.realpath(p) for p in [*python_roots(python), *read_only] if p}
-    extra = {p for p in extra if os.path.exists(p) and not any(_is_within(p, s) for s in system)}
+    # Each path at its real location and, when a symlink leads there, where the argv names it.
+    binds: dict[str, str] = {}
+    for path in [*python_roots(python), *read_only]:
+        if not path or not os.path.exists(path):
+            continue
+        real = os.path.realpath(path)
+        for dest in {real, os.path.abspath(path)}:
+            if not any(_is_within(dest, s) for s in system):
+                binds[dest] = real
     # Parents before children, so a nested bind lands on top of its parent's.
-    for path in sorted(extra, key=len):
-        cmd += ["--ro-bind", path, path]
+    for dest in sorted(binds, key=len):
+        cmd += ["--ro-bind", binds[dest], dest]
     return cmd
 
 
@@ -452,6 +452,7 @@ class Runner:
         Waiting for a free slot counts against `timeout_s`. `read_only` names extra
         paths the sandbox shows (a dependency environment).
         """
+        python = os.path.abspath(python)  # "/a/../venv/bin/python" would need /a inside the sandbox
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         deadline = loop.time() + timeout_s
@@ -562,10 +563,3 @@ def _remove_tree(path: str) -> None:
 def _log_rmtree_error(function: object, path: str, exc_info: object) -> None:
     log.warning("could not remove %s from a run's working directory", path)
 
-
-async def run_python(code: str, params_json: str, *, env: Mapping[str, str], timeout_s: float,
-                     python: str = sys.executable, limits: Limits | None = None,
-                     sandbox: Sandbox | None = None) -> ExecResult:
-    """Run `code` once, outside any concurrency bound (see `Runner` for the details)."""
-    runner = Runner(limits=limits, sandbox=sandbox, concurrency=1)
-    return await runner.run(code, params_json, env=env, timeout_s=timeout_s, python=python)

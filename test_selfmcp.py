@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,70 +18,33 @@ import time
 import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import anyio
 import numpy as np
 import pytest
+from mcp import Client
 
 import db
 import skills
-from embeddings import FallbackEmbedder, LiteLLMEmbedder, make_embedder, normalise
-from mcp import Client, StdioServerParameters
+from conftest import (
+    ROOT,
+    BrokenEmbedder,
+    FakeEmbedder,
+    assert_error,
+    clean_env,
+    http_server,
+    payload,
+    stdio_params,
+)
+from embeddings import FallbackEmbedder, LiteLLMEmbedder, make_embedder
 from server import ConfigError, Settings
 
-ROOT = Path(__file__).resolve().parent
 TOOL_NAMES = {"skill_create", "skill_update", "skill_delete", "skill_execute", "skill_list_summary",
               "skill_get_detail", "skill_search", "skill_auth_url"}
 
 
 # ------------------------------------------------------------------------------ fixtures
-
-class FakeEmbedder:
-    """Deterministic bag-of-words embedder: each word hashed to one of `dim` axes."""
-
-    def __init__(self, dim: int = 32, model_id: str = "fake-32") -> None:
-        self.dim, self.model_id, self.calls = dim, model_id, 0
-
-    def embed(self, texts):
-        self.calls += 1
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, text in enumerate(texts):
-            for word in skills.split_words(text):
-                out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1
-        return normalise(out)
-
-
-class BrokenEmbedder:
-    model_id = "remote-model"
-
-    def __init__(self) -> None:
-        self.broken = True
-        self.inner = FakeEmbedder(24, "remote-model")
-
-    def embed(self, texts):
-        if self.broken:
-            raise ConnectionError("remote down")
-        return self.inner.embed(texts)
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "skills.db"
-
-
-@pytest.fixture
-def reg(db_path):
-    registry = skills.Registry(db_path, FakeEmbedder(), environ={"PATH": os.environ["PATH"]})
-    registry.seed_core_skills()
-    return registry
-
 
 def make(reg, name="csv_to_json", description="Convert a CSV file into JSON records.", body="print('ok')", **kw):
     return reg.create(name, description, body, **kw)
@@ -536,70 +496,6 @@ def test_an_invalid_transport_exits_with_a_clear_message(tmp_path):
 
 # -------------------------------------------------------------------------- end to end
 
-def server_env(tmp_path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SELFMCP_")}
-    env.update({"SELFMCP_DB_PATH": str(tmp_path / "e2e.db"), "SELFMCP_LOG_LEVEL": "WARNING"})
-    env.update(extra)
-    return env
-
-
-def stdio_params(tmp_path, **extra: str) -> StdioServerParameters:
-    return StdioServerParameters(command=sys.executable, args=[str(ROOT / "server.py")], cwd=str(ROOT),
-                                 env=server_env(tmp_path, SELFMCP_TRANSPORT="stdio", **extra))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def http_server(tmp_path, **extra: str):
-    """Start server.py on streamable HTTP at 127.0.0.1:<free port>; yield its base URL."""
-    port = free_port()
-    env = server_env(tmp_path, **{"SELFMCP_TRANSPORT": "streamable-http", "SELFMCP_HOST": "127.0.0.1",
-                                  "SELFMCP_PORT": str(port), **extra})
-    log = open(tmp_path / f"server-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((tmp_path / f"server-{port}.log").read_text()) from None
-                time.sleep(0.05)
-        yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-def payload(result) -> dict[str, Any]:
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-def assert_error(result, code: str) -> dict[str, Any]:
-    assert result.is_error, result
-    body = json.loads(result.content[0].text)
-    assert body == result.structured_content
-    assert body["error"] == code
-    assert body["message"] and body["hint"]
-    return body
-
-
 async def walk_through(client: Client) -> None:
     """The specification's walk-through, step by step, through a real client."""
     tools = {t.name: t for t in (await client.list_tools()).tools}
@@ -701,7 +597,7 @@ async def test_the_legacy_sse_transport_serves_the_tools(tmp_path):
 
 def test_stdio_mode_writes_nothing_but_protocol_to_stdout(tmp_path):
     proc = subprocess.Popen([sys.executable, str(ROOT / "server.py")], cwd=ROOT,
-                            env=server_env(tmp_path, SELFMCP_TRANSPORT="stdio", SELFMCP_LOG_LEVEL="DEBUG"),
+                            env=clean_env(SELFMCP_DB_PATH=str(tmp_path / "e2e.db"), SELFMCP_TRANSPORT="stdio", SELFMCP_LOG_LEVEL="DEBUG"),
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": "2025-11-25", "capabilities": {},

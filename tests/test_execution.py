@@ -26,16 +26,14 @@ from typing import Any
 
 import anyio
 import pytest
-
 from mcp import Client, StdioServerParameters
 
-from selfmcp import depenv
 import executor
-from selfmcp import redact
 import skills
+from conftest import assert_error
 from embeddings import HashEmbedder
+from selfmcp import depenv, redact
 from server import ConfigError, Settings, create_server
-from test_selfmcp import assert_error
 
 pytestmark = pytest.mark.anyio
 

@@ -16,15 +16,13 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-import serving
-from serving import PASSWORD, REDIRECT, form_fields, mcp_post, pkce, register
-
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.provider import AuthorizationParams
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
+from conftest import PASSWORD, REDIRECT, form_fields, mcp_post, pkce, register, run_server
 from selfmcp.remote import oauth
 from selfmcp.remote.http_security import LoginLimiter
 
@@ -38,7 +36,7 @@ def anyio_backend():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with serving.running(tmp_path_factory.mktemp("oauth"), SELFMCP_AUTH="oauth",
+    with run_server(tmp_path_factory.mktemp("oauth"), SELFMCP_AUTH="oauth",
                          SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
         yield running
 
@@ -287,14 +285,14 @@ async def test_registration_refuses_an_unsafe_redirect_uri(server, uri):
 
 
 async def test_the_static_auth_token_is_accepted_in_oauth_mode(tmp_path):
-    with serving.running(tmp_path, SELFMCP_AUTH="oauth", SELFMCP_AUTH_TOKEN="static-token-0123456789abcdef",
+    with run_server(tmp_path, SELFMCP_AUTH="oauth", SELFMCP_AUTH_TOKEN="static-token-0123456789abcdef",
                          SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
         assert (await mcp_post(running.base, "static-token-0123456789abcdef")).status_code == 200
         assert (await mcp_post(running.base, "static-token-0123456789abcdefX")).status_code == 401
 
 
 async def test_five_wrong_passwords_lock_the_consent_page(tmp_path):
-    with serving.running(tmp_path, SELFMCP_AUTH="oauth", SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
+    with run_server(tmp_path, SELFMCP_AUTH="oauth", SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
         async with httpx2.AsyncClient() as http:
             client = await register(http, running.base)
             page = await consent_page(http, running.base, client, pkce()[1])
@@ -307,7 +305,7 @@ async def test_five_wrong_passwords_lock_the_consent_page(tmp_path):
 
 
 async def test_clients_and_tokens_survive_a_restart(tmp_path):
-    with serving.running(tmp_path, SELFMCP_AUTH="oauth", SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
+    with run_server(tmp_path, SELFMCP_AUTH="oauth", SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
         async with httpx2.AsyncClient() as http:
             client, tokens = await sign_in(http, running.base)
             running.restart()

@@ -12,14 +12,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import pytest
-import serving
-from serving import REDIRECT, form_fields, mcp_post, pkce, register
-
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from selfmcp.remote import oauth
 import server
+from conftest import REDIRECT, ROOT, clean_env, form_fields, free_port, mcp_post, pkce, register, run_server
+from selfmcp.remote import oauth
 from selfmcp.remote.http_security import HostAllowList
 from server import ConfigError, Settings
 
@@ -94,7 +92,7 @@ def test_no_auth_on_a_public_bind_warns_loudly(caplog):
 # ------------------------------------------------------------------------------ token mode
 
 async def test_token_mode_answers_401_with_resource_metadata_and_serves_the_token(tmp_path):
-    with serving.running(tmp_path, SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=TOKEN) as running:
+    with run_server(tmp_path, SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=TOKEN) as running:
         async with httpx2.AsyncClient() as http:
             health = await http.get(running.base + "/health")
             assert health.status_code == 200 and TOKEN not in health.text
@@ -116,7 +114,7 @@ async def test_token_mode_answers_401_with_resource_metadata_and_serves_the_toke
 # ------------------------------------------------------------------------------ Host allow-list
 
 async def test_a_foreign_host_gets_421_on_a_public_bind_even_without_a_token(tmp_path):
-    with serving.running(tmp_path, SELFMCP_HOST="0.0.0.0", SELFMCP_AUTH="oauth", SELFMCP_AUTH_TOKEN=TOKEN,
+    with run_server(tmp_path, SELFMCP_HOST="0.0.0.0", SELFMCP_AUTH="oauth", SELFMCP_AUTH_TOKEN=TOKEN,
                          SELFMCP_ALLOWED_HOSTS="mcp.lan") as running:
         async with httpx2.AsyncClient() as http:
             for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
@@ -130,7 +128,7 @@ async def test_a_foreign_host_gets_421_on_a_public_bind_even_without_a_token(tmp
 
 
 async def test_an_oversized_body_is_refused(tmp_path):
-    with serving.running(tmp_path, SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=TOKEN) as running:
+    with run_server(tmp_path, SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=TOKEN) as running:
         async with httpx2.AsyncClient() as http:
             response = await http.post(running.base + "/mcp", content=b"x" * (5 * 1024 * 1024),
                                        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
@@ -141,7 +139,7 @@ async def test_an_oversized_body_is_refused(tmp_path):
 
 def replit_command() -> tuple[list[str], dict[str, str]]:
     """The run command and [env] of .replit, with this interpreter for python3."""
-    config = tomllib.loads((serving.ROOT / ".replit").read_text())
+    config = tomllib.loads((ROOT / ".replit").read_text())
     cmd = shlex.split(config["run"])
     if cmd[0] in ("python3", "python"):
         cmd[0] = sys.executable
@@ -150,9 +148,9 @@ def replit_command() -> tuple[list[str], dict[str, str]]:
 
 async def test_the_replit_start_requires_oauth_prints_the_owner_password_once_and_serves_health(tmp_path):
     cmd, env = replit_command()
-    port = serving.free_port()
+    port = free_port()
     domain = "selfmcp-test.example.replit.dev"
-    with serving.running(tmp_path, cmd, PORT=str(port), REPLIT_DEV_DOMAIN=domain, **env) as running:
+    with run_server(tmp_path, cmd, PORT=str(port), REPLIT_DEV_DOMAIN=domain, **env) as running:
         printed = re.findall(r"owner password \(shown only this once\): (\S+)", running.log_text)
         assert len(printed) == 1
         public = f"https://{domain}"
@@ -191,9 +189,9 @@ async def test_the_replit_start_requires_oauth_prints_the_owner_password_once_an
 def test_reset_owner_password_prints_a_new_one_and_signs_clients_out(tmp_path):
     db_path = tmp_path / "reset.db"
     first = oauth.ensure_owner_password(db_path)
-    proc = subprocess.run([sys.executable, "server.py", "--reset-owner-password"], cwd=serving.ROOT,
+    proc = subprocess.run([sys.executable, "server.py", "--reset-owner-password"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60,
-                          env=serving.clean_env(SELFMCP_DB_PATH=str(db_path)))
+                          env=clean_env(SELFMCP_DB_PATH=str(db_path)))
     assert proc.returncode == 0, proc.stderr
     new = re.search(r"New owner password for .*: (\S+)", proc.stdout).group(1)
     assert new != first

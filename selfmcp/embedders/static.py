@@ -29,6 +29,7 @@ instead; ``load_static_embedder(stop_words=False)`` turns the default off.
 from __future__ import annotations
 
 import json
+import functools
 import os
 import re
 import unicodedata
@@ -79,27 +80,25 @@ def _is_punct(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
-# Character classes for the general (non-ASCII) path, cached per character.
+# Character classes for the general (non-ASCII) path, cached per character (bounded: text
+# from clients may hold any of a million code points).
 _DROP, _SPACE, _CJK, _KEEP = 0, 1, 2, 3
-_char_class_cache: dict[str, int] = {}
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _char_class(ch: str) -> int:
-    cls = _char_class_cache.get(ch)
-    if cls is None:
-        cp = ord(ch)
-        cat = unicodedata.category(ch)
-        if ch in "\t\n\r" or (ch.isspace() and cat[0] != "C"):
-            cls = _SPACE
-        elif cp == 0 or cp == 0xFFFD or cat in ("Cc", "Cf", "Co", "Cs"):
-            # control / format / private-use characters are deleted; unassigned
-            # code points (Cn) are kept, as the Hugging Face normaliser does
-            cls = _DROP
-        elif _is_cjk(cp):
-            cls = _CJK
-        else:
-            cls = _KEEP
-        _char_class_cache[ch] = cls
+    cp = ord(ch)
+    cat = unicodedata.category(ch)
+    if ch in "\t\n\r" or (ch.isspace() and cat[0] != "C"):
+        cls = _SPACE
+    elif cp == 0 or cp == 0xFFFD or cat in ("Cc", "Cf", "Co", "Cs"):
+        # control / format / private-use characters are deleted; unassigned
+        # code points (Cn) are kept, as the Hugging Face normaliser does
+        cls = _DROP
+    elif _is_cjk(cp):
+        cls = _CJK
+    else:
+        cls = _KEEP
     return cls
 
 
@@ -324,9 +323,6 @@ class StaticEmbedder:
             self.default_weights = w
 
     # ------------------------------------------------------------------
-    def token_ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text)
-
     def stop_word_ids(self, words: Iterable[str] = STOP_WORDS) -> np.ndarray:
         """Vocabulary ids of ``words`` (those that are single tokens)."""
         v = self.tokenizer.vocab

@@ -1,10 +1,19 @@
-"""Start the real server.py as a subprocess for the remote-mode tests, and talk OAuth to it."""
+"""Shared test fixtures and helpers: any test file runs alone (`pytest tests/test_remote.py`).
+
+- `FakeEmbedder` / `BrokenEmbedder`: deterministic embedders (as llm's EmbedDemo), no model files.
+- fixtures `anyio_backend`, `db_path`, `reg` (a seeded Registry on a temporary database).
+- `assert_error(result, code)`: a tool result carries the one error shape with that code.
+- `free_port()`, `clean_env()`, `Server` / `run_server()` (server.py as a subprocess on HTTP),
+  `http_server()` (the same, yielding its base URL), `stdio_params()` (server.py over stdio).
+- OAuth client helpers: `register`, `pkce`, `form_fields`, `mcp_post`.
+"""
 
 from __future__ import annotations
 
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -19,11 +28,85 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import numpy as np
+import pytest
+from mcp import StdioServerParameters
 
-ROOT = Path(__file__).resolve().parent.parent
-PASSWORD = "correct horse battery staple"
-REDIRECT = "http://127.0.0.1:1/callback"
+import skills
+from embeddings import normalise
 
+ROOT = Path(__file__).resolve().parent
+
+
+# ------------------------------------------------------------------------------ embedders
+
+class FakeEmbedder:
+    """Deterministic bag-of-words embedder: each word hashed to one of `dim` axes."""
+
+    def __init__(self, dim: int = 32, model_id: str = "fake-32") -> None:
+        self.dim, self.model_id, self.calls = dim, model_id, 0
+
+    def embed(self, texts):
+        self.calls += 1
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, text in enumerate(texts):
+            for word in skills.split_words(text):
+                out[i, int(hashlib.md5(word.encode()).hexdigest(), 16) % self.dim] += 1
+        return normalise(out)
+
+
+class BrokenEmbedder:
+    """A remote model that fails while `broken` is true."""
+
+    model_id = "remote-model"
+
+    def __init__(self) -> None:
+        self.broken = True
+        self.inner = FakeEmbedder(24, "remote-model")
+
+    def embed(self, texts):
+        if self.broken:
+            raise ConnectionError("remote down")
+        return self.inner.embed(texts)
+
+
+# ------------------------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "skills.db"
+
+
+@pytest.fixture
+def reg(db_path):
+    registry = skills.Registry(db_path, FakeEmbedder(), environ={"PATH": os.environ["PATH"]})
+    registry.seed_core_skills()
+    return registry
+
+
+# ---------------------------------------------------------------------------- tool results
+
+def payload(result) -> dict[str, Any]:
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+def assert_error(result, code: str) -> dict[str, Any]:
+    """`result` is a tool error in the one error shape, with `code`; returns its payload."""
+    assert result.is_error, result
+    body = json.loads(result.content[0].text)
+    assert body == result.structured_content
+    assert body["error"] == code
+    assert body["message"] and body["hint"]
+    return body
+
+
+# ------------------------------------------------------------------------ server processes
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -36,6 +119,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFMCP_", "REPLIT_", "PORT"))}
     env.update(extra)
     return env
+
+
+def stdio_params(tmp_path, **extra: str) -> StdioServerParameters:
+    """server.py over stdio on a database in `tmp_path`."""
+    env = clean_env(SELFMCP_DB_PATH=str(tmp_path / "e2e.db"), SELFMCP_LOG_LEVEL="WARNING",
+                    SELFMCP_TRANSPORT="stdio", **extra)
+    return StdioServerParameters(command=sys.executable, args=[str(ROOT / "server.py")], cwd=str(ROOT), env=env)
+
+
+PASSWORD = "correct horse battery staple"
+REDIRECT = "http://127.0.0.1:1/callback"
 
 
 class Server:
@@ -97,7 +191,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(tmp_path: Path, cmd: list[str] | None = None, **env: str) -> Iterator[Server]:
+def run_server(tmp_path: Path, cmd: list[str] | None = None, **env: str) -> Iterator[Server]:
     """A started Server with `env` (SELFMCP_HOST defaults to 127.0.0.1); stopped on exit."""
     env.setdefault("SELFMCP_TRANSPORT", "streamable-http")
     if "PORT" not in env:
@@ -138,3 +232,10 @@ async def mcp_post(base: str, access_token: str) -> httpx2.Response:
             "Authorization": f"Bearer {access_token}", "Accept": "application/json, text/event-stream"}, json={
             "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                 "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+
+
+@contextlib.contextmanager
+def http_server(tmp_path, **extra: str) -> Iterator[str]:
+    """server.py on streamable HTTP at 127.0.0.1:<free port>; yields its base URL."""
+    with run_server(tmp_path, SELFMCP_DB_PATH=str(tmp_path / "e2e.db"), SELFMCP_LOG_LEVEL="WARNING", **extra) as server:
+        yield server.base
