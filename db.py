@@ -15,15 +15,24 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
 
-# Each migration is a sequence of statements run inside one transaction together with
-# its `PRAGMA user_version = N`, so a crash mid-migration leaves the previous version.
-MIGRATIONS: list[Sequence[str]] = [
-    # 1: the specification's schema.
-    (
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema step: its statements run in one transaction with `PRAGMA user_version = N`."""
+
+    name: str
+    statements: Sequence[str]
+
+
+# Entry N-1 takes user_version from N-1 to N, so a crash mid-migration leaves the previous version.
+MIGRATIONS: list[Migration] = [
+    Migration("m001_initial_schema", (
         """
         create table skills (
             id integer primary key,
@@ -89,9 +98,8 @@ MIGRATIONS: list[Sequence[str]] = [
             updated_at text not null
         )
         """,
-    ),
-    # 2: parameter schemas and run history.
-    (
+    )),
+    Migration("m002_params_schema_and_run_history", (
         "alter table skills add column params_schema_json text",
         "alter table skill_versions add column params_schema_json text",
         """
@@ -110,9 +118,9 @@ MIGRATIONS: list[Sequence[str]] = [
         )
         """,
         "create index skill_runs_skill on skill_runs(skill_id, id)",
-    ),
-    # 3: the built-in OAuth server (oauth.py): clients, one-time codes, hashed tokens, owner password.
-    (
+    )),
+    # The built-in OAuth server (selfmcp/remote/oauth.py): clients, one-time codes, hashed tokens, owner password.
+    Migration("m003_oauth_server", (
         """
         create table oauth_clients (
             client_id text primary key,
@@ -153,11 +161,11 @@ MIGRATIONS: list[Sequence[str]] = [
             created_at text not null
         )
         """,
-    ),
-    # 4: counting and paging active skills reads a small partial index, not the table.
-    (
+    )),
+    # Counting and paging active skills reads a small partial index, not the table.
+    Migration("m004_active_skills_index", (
         "create index skills_active on skills(id) where is_active = 1",
-    ),
+    )),
 ]
 
 
@@ -190,7 +198,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             current = schema_version(conn)
             if current >= len(MIGRATIONS):
                 return current
-            for statement in MIGRATIONS[current]:
+            for statement in MIGRATIONS[current].statements:
                 conn.execute(statement)
             conn.execute(f"pragma user_version = {current + 1}")
 

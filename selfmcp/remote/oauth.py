@@ -5,7 +5,7 @@ metadata, /register, /authorize (PKCE S256 required), /token and /revoke around 
 sends the browser to the consent page (consent.py), where the owner approves the client with the
 owner password; `approve()` then issues a one-time code.
 
-Storage is the skills SQLite file (tables from db.MIGRATIONS[2]): clients, codes and tokens survive
+Storage is the skills SQLite file (tables from the m003_oauth_server migration in db.py): clients, codes and tokens survive
 restarts. Codes and tokens are stored as SHA-256 hashes, the owner password as a salted scrypt hash.
 Lifetimes: codes 5 minutes, access tokens 1 hour, refresh tokens 30 days. Refresh tokens rotate;
 presenting a rotated one again revokes its whole grant (it was copied).
