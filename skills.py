@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import threading
+import unicodedata
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,8 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
 
 log = logging.getLogger("selfmcp.skills")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# Matched with fullmatch: `$` would let a trailing newline through ("weather\n").
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -61,7 +63,11 @@ SUMMARY_MAX_LIMIT = 1000
 # -------------------------------------------------------------------------- validation
 
 def validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    """The name, NFC-normalised; 1-64 ASCII letters, digits, '_', '-' or '.', nothing else (no control
+    character, no trailing newline). Uniqueness ignores case: the store looks names up with `nocase`."""
+    if isinstance(name, str):
+        name = unicodedata.normalize("NFC", name)
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidName(f"Invalid skill name {name!r}.")
     return name
 
@@ -148,6 +154,14 @@ def validate_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
+def _code_fields(body: str) -> dict[str, Any]:
+    """`format`, and for a SKILL.md the exact `code` skill_execute runs (None when it has none)."""
+    parsed = skillmd.parse_body(body)
+    if not parsed.is_markdown:
+        return {"format": "python"}
+    return {"format": "skill_md", "code": parsed.code}
+
+
 def _json_or_none(value: Any) -> str | None:
     return json.dumps(value) if value else None
 
@@ -200,11 +214,11 @@ class Registry:
         with self.store.write() as tx:
             row = tx.skill_by_name(name)
             if row is not None and row["is_active"]:
-                raise SkillExists(f"An active skill named {name!r} already exists (id {row['id']}).",
-                                  skill_id=row["id"])
+                raise SkillExists(f"An active skill named {row['name']!r} already exists (id {row['id']}); "
+                                  "names are unique without regard to case.", skill_id=row["id"])
             if row is not None:
                 skill_id, version, status = row["id"], row["version"] + 1, "reactivated"
-                tx.reactivate_skill(skill_id, values, version=version, is_core=is_core, now=now)
+                tx.reactivate_skill(skill_id, name, values, version=version, is_core=is_core, now=now)
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
@@ -249,7 +263,8 @@ class Registry:
             if "name" in patch and patch["name"] != row["name"]:
                 clash = tx.other_skill_named(patch["name"], skill_id)
                 if clash is not None:
-                    raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
+                    raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}; names are "
+                                      "unique without regard to case.",
                                       hint="Choose another name; deleted skills keep their names for reactivation.",
                                       skill_id=clash["id"])
             tx.archive_version(skill_id, now=now)
@@ -305,6 +320,7 @@ class Registry:
             runs = run_stats(tx, skill_id)
         return {
             "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
+            **_code_fields(row["body"]),
             "dependencies": _loads(row["dependencies_json"], []),
             "auth_config": _loads(row["auth_config_json"], None),
             "params_schema": _loads(row["params_schema_json"], None),
@@ -357,6 +373,9 @@ class Registry:
         auth = _loads(row["auth_config_json"], None)
         if not auth:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
+        problem = credentials.auth_config_problem(auth)  # rows stored before a rule existed
+        if problem:
+            raise InvalidAuthConfig(problem, hint=f"Fix it with skill_update(skill_id={row['id']}, auth_config=...).")
         return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(auth, self.environ)}
 
     # -- execution
