@@ -208,7 +208,10 @@ def _owner_only(path: Path) -> None:
                         "directory of its own (SELFMCP_DB_PATH)", directory)
         else:
             os.chmod(directory, stat.S_IMODE(info.st_mode) & ~(stat.S_IWOTH | stat.S_IWGRP))
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE))
+    # O_EXCL: never open (and close) a descriptor of a database this process may have open, as
+    # closing any descriptor of a file drops every POSIX lock the process holds on it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
         with contextlib.suppress(FileNotFoundError, PermissionError):
             mode = stat.S_IMODE(name.stat().st_mode)

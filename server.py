@@ -63,10 +63,11 @@ class Settings:
     embed_api_base: str | None = None
     use_litellm: bool = False
     auth_token: str | None = None
-    auth: str = "none"  # oauth | token | none; from_env() picks oauth for a non-loopback bind
+    auth: str = "none"  # oauth | token | none; from_env() picks oauth (token on loopback with a token)
     owner_password: str | None = None
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     log_level: str = "INFO"
     execution: skills.ExecutionConfig = field(default_factory=skills.ExecutionConfig)
     embedder: Embedder | None = None
@@ -156,7 +157,12 @@ def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
 
 
 def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
-    """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS."""
+    """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS,
+    SELFMCP_TRUSTED_PROXIES.
+
+    Loopback is no trust boundary (every local account and every skill can reach it), so HTTP asks for
+    credentials on every bind: the token on loopback when SELFMCP_AUTH_TOKEN is set, else OAuth; `none`
+    only when SELFMCP_AUTH=none says so."""
     token = env.get("SELFMCP_AUTH_TOKEN") or None
     mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
     if mode and mode not in oauth.AUTH_MODES:
@@ -165,7 +171,7 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
     if transport == "stdio":
         mode = "none"
     elif not mode:
-        mode = ("token" if token else "none") if loopback else "oauth"
+        mode = "token" if token and loopback else "oauth"
     if mode == "token" and not token:
         raise ConfigError("SELFMCP_AUTH=token needs SELFMCP_AUTH_TOKEN: a long random string clients send as "
                           "'Authorization: Bearer <token>'.")
@@ -181,8 +187,12 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
         raise ConfigError(f"OAuth needs an https address, and clients would reach this server at {base}: set "
                           "SELFMCP_PUBLIC_URL=https://... (behind a TLS proxy), or use SELFMCP_AUTH=token.")
     extra = [h.strip() for h in env.get("SELFMCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    try:
+        proxies = http_security.parse_trusted_proxies(env.get("SELFMCP_TRUSTED_PROXIES", ""))
+    except ValueError as exc:
+        raise ConfigError(f"SELFMCP_TRUSTED_PROXIES: {exc}.") from None
     return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
-            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains)}
+            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "trusted_proxies": proxies}
 
 
 # ------------------------------------------------------------------------------ errors
@@ -221,21 +231,32 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
 
 
 class SelfMCPServer(MCPServer):
-    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload."""
+    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload,
+    and whose every tool result (errors included) has the server's secret values redacted."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
         self.registry = registry
         self.remote_auth = remote
+        self.redactor = redact.Redactor.from_environ(registry.environ)
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
-            return await super().call_tool(name, arguments, context)
+            result = await super().call_tool(name, arguments, context)
         except ToolError as exc:
             payload = failure_payload(exc.__cause__) if exc.__cause__ is not None else None
             if payload is None:
                 raise
-            return error_result(payload)
+            result = error_result(payload)
+        return self._redacted(result)
+
+    def _redacted(self, result: Any) -> Any:
+        if not self.redactor or not isinstance(result, CallToolResult):
+            return result
+        content = [item.model_copy(update={"text": self.redactor.redact(item.text)})
+                   if isinstance(item, TextContent) else item for item in result.content]
+        return result.model_copy(update={"content": content,
+                                         "structured_content": self.redactor.redact_obj(result.structured_content)})
 
 
 # ------------------------------------------------------------------------------- tools
@@ -463,9 +484,13 @@ def main(argv: list[str] | None = None) -> int:
 
     log.info("serving on http://%s:%d%s", settings.host, settings.port,
              "/sse" if settings.transport == "sse" else "/mcp")
-    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list())
+    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list(),
+                           remote=mcp.remote_auth, proxies=settings.trusted_proxies)
+    # X-Forwarded-For is believed only from the proxies the owner names (uvicorn's default would
+    # believe any loopback peer, and then the login lockout and rate limits key on a forged address).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=2)
+                timeout_graceful_shutdown=2, proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=list(settings.trusted_proxies) or None)
     return 0
 
 
