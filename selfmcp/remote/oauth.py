@@ -235,10 +235,16 @@ class OAuthProvider:
         if size > MAX_CLIENT_METADATA_BYTES:
             raise RegistrationError("invalid_client_metadata", f"The client metadata is {size} bytes; at most "
                                     f"{MAX_CLIENT_METADATA_BYTES} are kept.")
-        await self._run(self._register_client, client_info)
+        if not await self._run(self._register_client, client_info):
+            # Raised here, not inside the transaction: RegistrationError is a frozen dataclass, and a
+            # context manager's exit cannot set its __traceback__ (that was a 500).
+            raise RegistrationError("invalid_client_metadata",
+                                    f"Too many clients registered in the last {CONSENT_TTL_S // 60} minutes; "
+                                    "try again later.")
         log.info("registered OAuth client %s (%r)", client_info.client_id, client_info.client_name)
 
-    def _register_client(self, client_info: OAuthClientInformationFull) -> None:
+    def _register_client(self, client_info: OAuthClientInformationFull) -> bool:
+        """Store the client; False when the table is full of clients too recent to forget."""
         now = int(self.clock())
         with self.db.write() as conn:
             self._purge(conn, now)
@@ -258,13 +264,12 @@ class OAuthProvider:
                 """, (now - CONSENT_TTL_S, count - MAX_CLIENTS + 1))
                 count = conn.execute("select count(*) from oauth_clients").fetchone()[0]
             if count >= MAX_CLIENTS:
-                raise RegistrationError("invalid_client_metadata",
-                                        f"Too many clients registered in the last {CONSENT_TTL_S // 60} minutes; "
-                                        "try again later.")
+                return False
             conn.execute("""
                 insert into oauth_clients (client_id, info_json, created_at)
                 values (?, ?, ?)
             """, (client_info.client_id, client_info.model_dump_json(exclude_none=True), now))
+        return True
 
     def _purge(self, conn: sqlite3.Connection, now: int) -> None:
         """Drop expired codes and tokens, and clients registered a day ago that never got a token."""
@@ -376,9 +381,12 @@ class OAuthProvider:
 
     async def exchange_authorization_code(self, client: OAuthClientInformationFull,
                                           authorization_code: AuthorizationCode) -> OAuthToken:
-        return await self._run(self._exchange_code, client.client_id, authorization_code)
+        token = await self._run(self._exchange_code, client.client_id, authorization_code)
+        if token is None:  # raised outside the transaction: see register_client
+            raise TokenError("invalid_grant", "The authorization code was already used.")
+        return token
 
-    def _exchange_code(self, client_id: str, code: AuthorizationCode) -> OAuthToken:
+    def _exchange_code(self, client_id: str, code: AuthorizationCode) -> OAuthToken | None:
         now = int(self.clock())
         with self.db.write() as conn:
             row = conn.execute("""
@@ -388,7 +396,7 @@ class OAuthProvider:
                   and used_at is null
             """, (_token_hash(code.code),)).fetchone()
             if row is None:
-                raise TokenError("invalid_grant", "The authorization code was already used.")
+                return None
             conn.execute("update oauth_codes set used_at = ? where code_hash = ?", (now, _token_hash(code.code)))
             conn.execute("update oauth_clients set last_used_at = ? where client_id = ?", (now, client_id))
             return self._issue(conn, client_id, row["grant_id"], code.scopes, code.resource, now)
@@ -434,9 +442,12 @@ class OAuthProvider:
 
     async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: StoredRefreshToken,
                                      scopes: list[str]) -> OAuthToken:
-        return await self._run(self._rotate, client.client_id, refresh_token, scopes)
+        token = await self._run(self._rotate, client.client_id, refresh_token, scopes)
+        if token is None:  # raised outside the transaction: see register_client
+            raise TokenError("invalid_grant", "The refresh token was already used.")
+        return token
 
-    def _rotate(self, client_id: str, old: StoredRefreshToken, scopes: list[str]) -> OAuthToken:
+    def _rotate(self, client_id: str, old: StoredRefreshToken, scopes: list[str]) -> OAuthToken | None:
         now = int(self.clock())
         with self.db.write() as conn:
             # The rotated token stays (until it expires) so that a replay of it can be recognised.
@@ -447,7 +458,7 @@ class OAuthProvider:
                   and rotated_at is null
             """, (now, _token_hash(old.token)))
             if cursor.rowcount == 0:
-                raise TokenError("invalid_grant", "The refresh token was already used.")
+                return None
             conn.execute("update oauth_clients set last_used_at = ? where client_id = ?", (now, client_id))
             return self._issue(conn, client_id, old.grant_id, scopes, old.resource, now)
 
