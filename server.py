@@ -298,7 +298,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         auth_config: Annotated[dict[str, Any] | None, Field(description=(
             'Credentials the skill needs: {"type": "api_key", "env_var": "X_API_KEY", "instructions": "..."} '
             'or {"type": "oauth2", "auth_url": ..., "token_url": ..., "scopes": [...], '
-            '"client_id_env": ..., "client_secret_env": ...}.'))] = None,
+            '"client_id_env": "X_CLIENT_ID", "client_secret_env": ...}. client_id_env must end in _CLIENT_ID '
+            '(its value is shown in skill_auth_url); no SELFMCP_* variable may be named.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
     ) -> dict[str, Any]:
@@ -383,7 +384,9 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history). Errors: skill_not_found.
+        Returns the record with `versions` (the version numbers kept in history), `format` ("python" or
+        "skill_md") and, for a SKILL.md, `code`: exactly the Python that skill_execute runs (its python
+        blocks joined by a blank line; null when it has none). Errors: skill_not_found.
         """
         return registry.get_detail(skill_id)
 
@@ -410,7 +413,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
 
         Call it after skill_execute returned missing_credentials, and show the instructions (and
         auth_url, for OAuth2) to the user. Returns {type, env_vars, missing, ready, instructions,
-        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config.
+        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config, invalid_auth_config (a
+        stored auth_config that names a variable no skill may use; fix it with skill_update).
         """
         return registry.auth_url(skill_id)
 
