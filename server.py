@@ -158,11 +158,7 @@ def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
 
 def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
     """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS,
-    SELFMCP_TRUSTED_PROXIES.
-
-    Loopback is no trust boundary (every local account and every skill can reach it), so HTTP asks for
-    credentials on every bind: the token on loopback when SELFMCP_AUTH_TOKEN is set, else OAuth; `none`
-    only when SELFMCP_AUTH=none says so."""
+    SELFMCP_TRUSTED_PROXIES. Loopback is no trust boundary: `none` only when SELFMCP_AUTH=none says so."""
     token = env.get("SELFMCP_AUTH_TOKEN") or None
     mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
     if mode and mode not in oauth.AUTH_MODES:
@@ -231,8 +227,7 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
 
 
 class SelfMCPServer(MCPServer):
-    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload,
-    and whose every tool result (errors included) has the server's secret values redacted."""
+    """MCPServer over one registry: tool failures become the error payload; every result is redacted."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
@@ -248,15 +243,7 @@ class SelfMCPServer(MCPServer):
             if payload is None:
                 raise
             result = error_result(payload)
-        return self._redacted(result)
-
-    def _redacted(self, result: Any) -> Any:
-        if not self.redactor or not isinstance(result, CallToolResult):
-            return result
-        content = [item.model_copy(update={"text": self.redactor.redact(item.text)})
-                   if isinstance(item, TextContent) else item for item in result.content]
-        return result.model_copy(update={"content": content,
-                                         "structured_content": self.redactor.redact_obj(result.structured_content)})
+        return self.redactor.redact_tool_result(result)
 
 
 # ------------------------------------------------------------------------------- tools
@@ -439,17 +426,6 @@ def announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
                      owner_password=settings.owner_password, public_url=settings.public_url)
 
 
-def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
-    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
-    if remote.mode != "oauth" or settings.owner_password or remote.provider is None:
-        return
-    password = oauth.ensure_owner_password(remote.provider.db)
-    if password is None:
-        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
-        return
-    serving.print_owner_password(password, remote, reachable=bool(settings.public_url or settings.is_loopback))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -483,15 +459,15 @@ def main(argv: list[str] | None = None) -> int:
         anyio.run(serving.serve_stdio, mcp, protocol_fds)
         return 0
     announce_auth(settings, mcp.remote_auth)
-    ensure_owner_password(settings, mcp.remote_auth)
+    serving.ensure_owner_password(mcp.remote_auth, settings.owner_password,
+                                  reachable=bool(settings.public_url or settings.is_loopback))
     import uvicorn
 
     log.info("serving on http://%s:%d%s", settings.host, settings.port,
              "/sse" if settings.transport == "sse" else "/mcp")
     app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list(),
                            remote=mcp.remote_auth, proxies=settings.trusted_proxies)
-    # X-Forwarded-For is believed only from the proxies the owner names (uvicorn's default would
-    # believe any loopback peer, and then the login lockout and rate limits key on a forged address).
+    # X-Forwarded-For only from the proxies the owner names (uvicorn's default believes any loopback peer).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=2, proxy_headers=bool(settings.trusted_proxies),
                 forwarded_allow_ips=list(settings.trusted_proxies) or None)

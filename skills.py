@@ -32,8 +32,7 @@ from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, Depend
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
                             NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
-                             ExecutionConfig, ExecutionConfigError,
-                             PreparedRun, Progress, Runtime, run_stats)
+                             ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
 from selfmcp.search import SEARCH_MODES, Search, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
 
@@ -46,8 +45,7 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
 
 log = logging.getLogger("selfmcp.skills")
 
-# Matched with fullmatch: `$` would let a trailing newline through ("weather\n").
-NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: `$` would let "weather\n" through
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -63,11 +61,7 @@ SUMMARY_MAX_LIMIT = 1000
 # -------------------------------------------------------------------------- validation
 
 def validate_name(name: Any) -> str:
-    """The name, NFC-normalised; 1-64 ASCII letters, digits, '_', '-' or '.', nothing else (no control
-    character, no trailing newline). Uniqueness ignores case: the store looks names up with `nocase`."""
-    if isinstance(name, str):
-        name = unicodedata.normalize("NFC", name)
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name := unicodedata.normalize("NFC", name)):
         raise InvalidName(f"Invalid skill name {name!r}.")
     return name
 
@@ -152,14 +146,6 @@ def validate_timeout(timeout: Any) -> float:
             MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S):
         raise InvalidTimeout(f"Invalid timeout {timeout!r}.")
     return float(timeout)
-
-
-def _code_fields(body: str) -> dict[str, Any]:
-    """`format`, and for a SKILL.md the exact `code` skill_execute runs (None when it has none)."""
-    parsed = skillmd.parse_body(body)
-    if not parsed.is_markdown:
-        return {"format": "python"}
-    return {"format": "skill_md", "code": parsed.code}
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -264,9 +250,8 @@ class Registry:
             if "name" in patch and patch["name"] != row["name"]:
                 clash = tx.other_skill_named(patch["name"], skill_id)
                 if clash is not None:
-                    raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}; names are "
-                                      "unique without regard to case.",
-                                      hint="Choose another name; deleted skills keep their names for reactivation.",
+                    raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}.",
+                                      hint="Choose another name (case does not count); deleted skills keep theirs.",
                                       skill_id=clash["id"])
             tx.archive_version(skill_id, now=now)
             tx.patch_skill(skill_id, patch, now=now)
@@ -321,7 +306,7 @@ class Registry:
             runs = run_stats(tx, skill_id)
         return {
             "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
-            **_code_fields(row["body"]),
+            **skillmd.code_fields(row["body"]),
             "dependencies": _loads(row["dependencies_json"], []),
             "auth_config": _loads(row["auth_config_json"], None),
             "params_schema": _loads(row["params_schema_json"], None),
@@ -374,9 +359,7 @@ class Registry:
         auth = _loads(row["auth_config_json"], None)
         if not auth:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
-        problem = credentials.auth_config_problem(auth)  # rows stored before a rule existed
-        if problem:
-            raise InvalidAuthConfig(problem, hint=f"Fix it with skill_update(skill_id={row['id']}, auth_config=...).")
+        validate_auth_config(auth)  # again: a row stored before a rule existed may name a forbidden variable
         return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(auth, self.environ)}
 
     # -- execution

@@ -150,6 +150,16 @@ class Redactor:
         return obj
 
 
+    def redact_tool_result(self, result: Any) -> Any:
+        """A copy of an MCP CallToolResult with its text content and structured content redacted."""
+        if self._pattern is None or not hasattr(result, "structured_content"):
+            return result
+        content = [item.model_copy(update={"text": self.redact(item.text)})
+                   if getattr(item, "type", None) == "text" else item for item in result.content]
+        return result.model_copy(update={"content": content,
+                                         "structured_content": self.redact_obj(result.structured_content)})
+
+
 class _RecordFactory:
     """A log record factory that redacts each record as it is made."""
 

@@ -99,6 +99,14 @@ def parse_body(body: str) -> ParsedBody:
     return ParsedBody(is_markdown=True, frontmatter=frontmatter, code="\n\n".join(blocks) if blocks else None)
 
 
+def code_fields(body: str) -> dict[str, object]:
+    """`format` ("python" or "skill_md"), and for a SKILL.md the exact `code` that runs (None when it has none)."""
+    parsed = parse_body(body)
+    if not parsed.is_markdown:
+        return {"format": "python"}
+    return {"format": "skill_md", "code": parsed.code}
+
+
 def frontmatter_search_text(frontmatter: dict[str, object]) -> str:
     """The words of the frontmatter worth indexing (tags, keywords, metadata), as one string."""
     parts: list[str] = []

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from mcp.server.auth.routes import cors_middleware
 
-from selfmcp.remote import stdio_transport
+from selfmcp.remote import oauth, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
 from selfmcp.remote.oauth import PublicRevocation, RemoteAuth
 
@@ -84,6 +84,17 @@ def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts:
                     "https address clients use.", remote.resource_url)
     if owner_password:
         log.info("owner password: SELFMCP_OWNER_PASSWORD")
+
+
+def ensure_owner_password(remote: RemoteAuth, owner_password: str | None, *, reachable: bool) -> None:
+    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
+    if remote.mode != "oauth" or owner_password or remote.provider is None:
+        return
+    password = oauth.ensure_owner_password(remote.provider.db)
+    if password is None:
+        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
+        return
+    print_owner_password(password, remote, reachable=reachable)
 
 
 def print_owner_password(password: str, remote: RemoteAuth, *, reachable: bool) -> None:
