@@ -155,6 +155,8 @@ class ExecResult:
 
 # --------------------------------------------------------------------------- sandbox
 
+make_not_dumpable = confine.make_not_dumpable
+
 def probe_bwrap(bwrap: str, *, network: bool = True) -> str | None:
     """Try a minimal bubblewrap sandbox; None when it works, else why it does not."""
     true = shutil.which("true") or "/bin/true"
