@@ -46,14 +46,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import confine
 
 log = logging.getLogger("selfmcp.executor")
 
-SANDBOX_MODES = ("auto", "bwrap", "landlock", "none")
 # SELFMCP_PARAMS up to this many characters goes in the environment; longer ones by file.
 _PARAMS_IN_ENV = 64 * 1024
 RUN_ID_VAR = "SELFMCP_RUN_ID"
@@ -63,7 +62,6 @@ _DRAIN_AFTER_KILL_S = 0.5
 _KILL_DEADLINE_S = 2.0
 _READ_CHUNK = 1 << 16
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_MERGED_USR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 # Runs in the skill's interpreter before its code: set the limits (soft = hard, so the
 # skill cannot raise them back; never above a hard limit the server already has), then
@@ -124,20 +122,6 @@ class Limits:
     workdir_mb: int = 256  # size of the working directory (a tmpfs under bubblewrap)
 
 
-@dataclass(frozen=True)
-class Sandbox:
-    """How runs are isolated: `mode` is "bwrap", "landlock" or "none" (never "auto": see `resolve_sandbox`)."""
-
-    mode: str = "none"
-    network: bool = True
-    bwrap: str | None = None
-    hidden: tuple[str, ...] = ()
-    # Why "auto" did not settle on bubblewrap (for the start-up warning); empty otherwise.
-    note: str = ""
-    setpriv: str | None = None  # under bubblewrap as root: switches to the slot's uid
-    explicit: bool = False  # the owner asked for this mode (rather than "auto" falling back)
-
-
 @dataclass
 class ExecResult:
     stdout: str
@@ -153,152 +137,11 @@ class ExecResult:
     sandbox: str = "none"
 
 
-# --------------------------------------------------------------------------- sandbox
-
+# The sandbox's pieces (bubblewrap argv, Landlock, uids, cgroups) live in confine.py.
 make_not_dumpable = confine.make_not_dumpable
-
-def probe_bwrap(bwrap: str, *, network: bool = True) -> str | None:
-    """Try a minimal bubblewrap sandbox; None when it works, else why it does not."""
-    true = shutil.which("true") or "/bin/true"
-    cmd = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-pid",
-           "--die-with-parent", "--cap-drop", "ALL"]
-    if not network:
-        cmd.append("--unshare-net")
-    try:
-        done = subprocess.run([*cmd, true], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{bwrap} could not be run: {exc}"
-    if done.returncode != 0:
-        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        return f"{bwrap} failed ({err[-1] if err else f'exit {done.returncode}'})"
-    return None
-
-
-def resolve_sandbox(requested: str, *, network: bool = True, hidden: Iterable[str | os.PathLike[str]] = (),
-                    bwrap: str | None = None) -> Sandbox:
-    """Turn SELFMCP_SANDBOX's value into a `Sandbox`; raises RuntimeError when an explicit mode cannot work.
-
-    "auto" takes bubblewrap when it works, else Landlock when the kernel has it, else none
-    (with `note` saying why).
-    """
-    if requested not in SANDBOX_MODES:
-        raise ValueError(f"Unknown sandbox mode {requested!r}; use one of {', '.join(SANDBOX_MODES)}.")
-    hide = tuple(sorted({os.path.realpath(p) for p in hidden}))
-    explicit = requested != "auto"
-    if requested == "none":
-        return Sandbox("none", network=network, hidden=hide, explicit=True)
-    problem = ""
-    if requested in ("auto", "bwrap"):
-        path = bwrap or shutil.which("bwrap")
-        problem = "bubblewrap (bwrap) is not installed" if path is None else (probe_bwrap(path, network=network) or "")
-        if not problem:
-            setpriv = shutil.which("setpriv") if os.geteuid() == 0 else None
-            return Sandbox("bwrap", network=network, bwrap=path, hidden=hide, setpriv=setpriv, explicit=explicit)
-        if requested == "bwrap":
-            raise RuntimeError(f"SELFMCP_SANDBOX=bwrap but {problem}.")
-    abi = confine.landlock_abi()
-    if abi >= 1:
-        return Sandbox("landlock", network=network, hidden=hide, note=problem, explicit=explicit)
-    if requested == "landlock":
-        raise RuntimeError("SELFMCP_SANDBOX=landlock but this kernel has no Landlock.")
-    return Sandbox("none", network=network, hidden=hide, note=f"{problem} and this kernel has no Landlock")
-
-
-def python_roots(python: str) -> list[str]:
-    """Directories an interpreter needs to start: its prefix, and its venv's base prefix."""
-    roots: list[str] = []
-    exe = os.path.abspath(python)
-    venv = os.path.dirname(os.path.dirname(exe))
-    cfg = os.path.join(venv, "pyvenv.cfg")
-    if os.path.isfile(cfg):
-        roots.append(venv)
-        with open(cfg, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition("=")
-                if key.strip() == "home" and value.strip():
-                    roots.append(os.path.dirname(os.path.realpath(value.strip())))
-    roots.append(os.path.dirname(os.path.dirname(os.path.realpath(exe))))
-    if os.path.realpath(exe) == os.path.realpath(sys.executable):
-        roots += [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
-    return roots
-
-
-def _is_within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def bwrap_workdir(workdir: str, size_mb: int) -> list[str]:
-    """The working directory as a bounded tmpfs, with the server's files in its read-only `.in`."""
-    inputs = os.path.join(workdir, ".in")
-    size = ["--size", str(size_mb << 20)] if size_mb > 0 else []
-    return [*_open_parents([workdir]), "--perms", "1777", *size, "--tmpfs", workdir, "--ro-bind", inputs, inputs, "--chdir", workdir,
-            "--remount-ro", "/"]
-
-
-def _open_parents(paths: Iterable[str], skip: Sequence[str] = ()) -> list[str]:
-    parents: set[str] = set()
-    for path in paths:
-        while (path := os.path.dirname(path)) != "/":
-            if not any(_is_within(path, s) for s in skip):
-                parents.add(path)
-    cmd: list[str] = []
-    for parent in sorted(parents, key=len):
-        cmd += ["--perms", "0755", "--dir", parent]
-    return cmd
-
-
-def setpriv_argv(setpriv: str, uid: int) -> list[str]:
-    """Become `uid` (its own gid, no groups, no capabilities, no new privileges) before the skill starts."""
-    return [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--no-new-privs", "--inh-caps=-all",
-            "--bounding-set=-all", "--"]
-
-
-def bwrap_mounts(sandbox: Sandbox, *, python: str, read_only: Sequence[str] = ()) -> list[str]:
-    """The part of the bwrap command that does not depend on the run's working directory."""
-    assert sandbox.bwrap is not None
-    cmd = [sandbox.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-           "--die-with-parent", "--cap-drop", "ALL"]
-    if sandbox.setpriv:  # only to switch to the run's uid; setpriv drops them all
-        cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
-    if not sandbox.network:
-        cmd.append("--unshare-net")
-    system = ["/usr", "/etc"]
-    for top in _MERGED_USR_DIRS:
-        if os.path.islink(top):
-            cmd += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            system.append(top)
-    resolv = os.path.realpath("/etc/resolv.conf")
-    if not _is_within(resolv, "/etc") and os.path.exists(resolv):
-        system.append(resolv)  # e.g. systemd-resolved's file under /run
-    for path in system:
-        cmd += ["--ro-bind", path, path]
-    # Hide what must stay invisible where it lies inside something bound above.
-    for path in sandbox.hidden:
-        # (Never a parent of a system directory: hiding /usr would hide the interpreter.)
-        if any(_is_within(path, s) for s in system) and not any(_is_within(s, path) for s in system):
-            cmd += ["--tmpfs", path, "--remount-ro", path]
-    # Each path at its real location and, when a symlink leads there, where the argv names it.
-    binds: dict[str, str] = {}
-    for path in [*python_roots(python), *read_only]:
-        if not path or not os.path.exists(path):
-            continue
-        real = os.path.realpath(path)
-        for dest in {real, os.path.abspath(path)}:
-            if not any(_is_within(dest, s) for s in system):
-                binds[dest] = real
-    # Directories bubblewrap creates on the way to a bind are 0700: open them to the run's uid.
-    cmd += _open_parents([*binds, *sandbox.hidden], skip=system)
-    # Parents before children, so a nested bind lands on top of its parent's.
-    for dest in sorted(binds, key=len):
-        cmd += ["--ro-bind", binds[dest], dest]
-    # A bounded, read-only /dev (but /dev/shm), a read-only /proc/sys, no password hashes.
-    cmd += ["--proc", "/proc", "--ro-bind", "/proc/sys", "/proc/sys", "--dev", "/dev",
-            "--perms", "1777", "--size", str(16 << 20), "--tmpfs", "/dev/shm", "--remount-ro", "/dev"]
-    for secret in ("/etc/shadow", "/etc/gshadow"):
-        if os.path.exists(secret):
-            cmd += ["--ro-bind", "/dev/null", secret]
-    return cmd
+Sandbox, resolve_sandbox, probe_bwrap = confine.Sandbox, confine.resolve_sandbox, confine.probe_bwrap
+python_roots, bwrap_mounts, bwrap_workdir = confine.python_roots, confine.bwrap_mounts, confine.bwrap_workdir
+setpriv_argv, SANDBOX_MODES = confine.setpriv_argv, confine.SANDBOX_MODES
 
 
 # ---------------------------------------------------------------------- process control

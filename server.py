@@ -120,9 +120,8 @@ class Settings:
 
 
 def _execution_settings(env: Mapping[str, str], *, public: bool = False) -> skills.ExecutionConfig:
-    """SELFMCP_ENV_DIR, SELFMCP_EXEC_MEMORY_MB, SELFMCP_EXEC_MAX_OUTPUT, SELFMCP_EXEC_CONCURRENCY,
-    SELFMCP_EXEC_MAX_PROCS, SELFMCP_EXEC_DISK_MB, SELFMCP_SANDBOX, SELFMCP_SANDBOX_NETWORK, SELFMCP_SKILL_ENV,
-    SELFMCP_ALLOW_SOURCE_BUILDS. `public`: served beyond loopback (unconfined runs are refused)."""
+    """SELFMCP_ENV_DIR, _EXEC_MEMORY_MB, _EXEC_MAX_OUTPUT, _EXEC_CONCURRENCY, _EXEC_MAX_PROCS, _EXEC_DISK_MB,
+    _SANDBOX, _SANDBOX_NETWORK, _SKILL_ENV, _ALLOW_SOURCE_BUILDS; `public`: unconfined runs are refused."""
 
     def number(name: str, default: int, low: int) -> int:
         text = env.get(name, "").strip()
