@@ -164,8 +164,7 @@ def _execution_settings(env: Mapping[str, str], *, public: bool = False) -> skil
 
 
 def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
-    """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS,
-    SELFMCP_TRUSTED_PROXIES. Loopback is no trust boundary: `none` only when SELFMCP_AUTH=none says so."""
+    """SELFMCP_AUTH(_TOKEN), _OWNER_PASSWORD, _PUBLIC_URL (or Replit's domain), _ALLOWED_HOSTS, _TRUSTED_PROXIES."""
     token = env.get("SELFMCP_AUTH_TOKEN") or None
     mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
     if mode and mode not in oauth.AUTH_MODES:
@@ -244,13 +243,12 @@ class SelfMCPServer(MCPServer):
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
-            result = await super().call_tool(name, arguments, context)
+            return self.redactor.redact_tool_result(await super().call_tool(name, arguments, context))
         except ToolError as exc:
             payload = failure_payload(exc.__cause__) if exc.__cause__ is not None else None
             if payload is None:
                 raise
-            result = error_result(payload)
-        return self.redactor.redact_tool_result(result)
+            return self.redactor.redact_tool_result(error_result(payload))
 
 
 # ------------------------------------------------------------------------------- tools
@@ -378,9 +376,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history), `format` ("python" or
-        "skill_md") and, for a SKILL.md, `code`: exactly the Python that skill_execute runs (its python
-        blocks joined by a blank line; null when it has none). Errors: skill_not_found.
+        Returns the record with `versions` (version numbers in history), `format` ("python" or "skill_md") and
+        for a SKILL.md `code`: exactly the Python skill_execute runs (null if none). Errors: skill_not_found.
         """
         return registry.get_detail(skill_id)
 
@@ -407,8 +404,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
 
         Call it after skill_execute returned missing_credentials, and show the instructions (and
         auth_url, for OAuth2) to the user. Returns {type, env_vars, missing, ready, instructions,
-        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config, invalid_auth_config (a
-        stored auth_config that names a variable no skill may use; fix it with skill_update).
+        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config, invalid_auth_config.
         """
         return registry.auth_url(skill_id)
 
@@ -474,7 +470,6 @@ def main(argv: list[str] | None = None) -> int:
              "/sse" if settings.transport == "sse" else "/mcp")
     app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list(),
                            remote=mcp.remote_auth, proxies=settings.trusted_proxies)
-    # X-Forwarded-For only from the proxies the owner names (uvicorn's default believes any loopback peer).
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
                 timeout_graceful_shutdown=2, proxy_headers=bool(settings.trusted_proxies),
                 forwarded_allow_ips=list(settings.trusted_proxies) or None)
