@@ -70,7 +70,7 @@ def _hook(t, v, tb, _print=_s.__excepthook__):
 _s.excepthook = _hook
 _p = {script!r}
 _s.argv[:] = [_p]
-_s.path[0] = {workdir!r}
+_s.path[0] = {script_dir!r}
 __file__ = _p
 {load}
 del _r, _s, _k, _v, _h, _p, _f, _hook
@@ -446,11 +446,14 @@ class Runner:
         self._mounts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
 
     async def run(self, code: str, params_json: str, *, env: Mapping[str, str], timeout_s: float,
-                  python: str = sys.executable, read_only: Sequence[str] = ()) -> ExecResult:
+                  python: str = sys.executable, read_only: Sequence[str] = (),
+                  files: Mapping[str, bytes] | None = None, script: str = "skill.py") -> ExecResult:
         """Run `code` with `python`; `params_json` arrives as SELFMCP_PARAMS.
 
         Waiting for a free slot counts against `timeout_s`. `read_only` names extra
-        paths the sandbox shows (a dependency environment).
+        paths the sandbox shows (a dependency environment). `files` (relative path ->
+        bytes, already checked) are written into the working directory first, and `code`
+        is run as `script` there, with the script's folder first on sys.path.
         """
         python = os.path.abspath(python)  # "/a/../venv/bin/python" would need /a inside the sandbox
         loop = asyncio.get_running_loop()
@@ -465,7 +468,7 @@ class Runner:
         try:
             queued_ms = round((time.perf_counter() - started) * 1000, 1)
             result = await self._run(code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
-                                     python=python, read_only=read_only)
+                                     python=python, read_only=read_only, files=files or {}, script=script)
         finally:
             self._slots.release()
         result.queued_ms = queued_ms
@@ -473,19 +476,24 @@ class Runner:
         return result
 
     async def _run(self, code: str, params_json: str, *, env: Mapping[str, str], deadline: float,
-                   timeout_s: float, python: str, read_only: Sequence[str]) -> ExecResult:
+                   timeout_s: float, python: str, read_only: Sequence[str], files: Mapping[str, bytes],
+                   script: str) -> ExecResult:
         workdir = tempfile.mkdtemp(prefix="selfmcp-run-", dir=self.tmp_root)
         try:
+            if files:
+                await asyncio.to_thread(write_files, workdir, files)
             return await self._run_in(workdir, code, params_json, env=env, deadline=deadline,
-                                      timeout_s=timeout_s, python=python, read_only=read_only)
+                                      timeout_s=timeout_s, python=python, read_only=read_only, script=script)
         finally:
             # Every process of the run is dead: nothing can write there any more. Removing
             # it in a worker thread keeps the directory operations out of the reply's path.
             asyncio.get_running_loop().run_in_executor(None, _remove_tree, workdir)
 
     async def _run_in(self, workdir: str, code: str, params_json: str, *, env: Mapping[str, str],
-                      deadline: float, timeout_s: float, python: str, read_only: Sequence[str]) -> ExecResult:
-        script = os.path.join(workdir, "skill.py")
+                      deadline: float, timeout_s: float, python: str, read_only: Sequence[str],
+                      script: str = "skill.py") -> ExecResult:
+        script = os.path.join(workdir, script)
+        os.makedirs(os.path.dirname(script), exist_ok=True)
         with open(script, "w", encoding="utf-8") as fh:
             fh.write(code)
         load = _LOAD_SOURCE
@@ -503,8 +511,8 @@ class Runner:
         token = secrets.token_hex(12)
         child_env = {**env, "SELFMCP_PARAMS": params_json, "PYTHONUNBUFFERED": "1", RUN_ID_VAR: token,
                      "TMPDIR": workdir, "TMP": workdir, "TEMP": workdir}
-        prelude = _PRELUDE.format(limits=_rlimits(self.limits, timeout_s), script=script, workdir=workdir,
-                                  load=load)
+        prelude = _PRELUDE.format(limits=_rlimits(self.limits, timeout_s), script=script,
+                                  script_dir=os.path.dirname(script), load=load)
         argv = [python, "-c", prelude]
         if self.sandbox.mode == "bwrap":
             child_env["HOME"] = workdir  # the real home is not visible (or writable) in the sandbox
@@ -538,6 +546,18 @@ class Runner:
             stdout_bytes=out.total, stderr_bytes=err.total, stdout_truncated=out.truncated,
             stderr_truncated=err.truncated, sandbox=self.sandbox.mode,
         )
+
+
+def write_files(workdir: str, files: Mapping[str, bytes]) -> None:
+    """Write a skill's files (relative paths, checked by the caller) under `workdir`, byte for byte."""
+    root = os.path.realpath(workdir)
+    for path, data in files.items():
+        target = os.path.realpath(os.path.join(root, path))
+        if not target.startswith(root + os.sep):
+            raise ValueError(f"file path {path!r} leaves the working directory")
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(data)
 
 
 def _same_interpreter(python: str) -> bool:

@@ -109,3 +109,9 @@ NotExecutable = _error("NotExecutable", "not_executable",
 DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
                                  "Check the requirement names and versions in `installer_tail`, fix them with "
                                  "skill_update, and call skill_execute again.")
+InvalidFrontmatter = _error("InvalidFrontmatter", "invalid_frontmatter",
+                            "Fix the YAML between the SKILL.md's `---` lines; quote values such as yes, on, 017 "
+                            "or dates so every YAML reader sees the same text.")
+InvalidFiles = _error("InvalidFiles", "invalid_files",
+                      'Give files as {"relative/path": "text"} or {"path": {"base64": "..."}} with relative '
+                      "paths (no '..', no leading '/', no backslash), at most 512 files and 16 MiB a skill.")

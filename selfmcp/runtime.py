@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,8 @@ class PreparedRun:
     timeout_s: float
     requirements: tuple[str, ...]
     auth_vars: tuple[str, ...]
+    files: Mapping[str, bytes] = field(default_factory=dict)  # the skill folder, written into the workdir
+    script: str = "skill.py"  # where `code` sits in that folder
 
 
 class Runtime:
@@ -157,7 +159,8 @@ class Runtime:
                     environment["install_ms"] = built.build_ms
             result = await self.runner.run(
                 prepared.code, prepared.params_json, env=self.skill_environment(prepared.auth_vars),
-                timeout_s=prepared.timeout_s, python=python, read_only=read_only)
+                timeout_s=prepared.timeout_s, python=python, read_only=read_only, files=prepared.files,
+                script=prepared.script)
         except anyio.get_cancelled_exc_class():
             self._record_later(prepared, started_at, elapsed(), cancelled=True)
             raise

@@ -18,7 +18,7 @@ import db
 
 # Columns a skill_update may assign; update_skill() refuses any other name.
 PATCHABLE_COLUMNS = frozenset({"name", "description", "body", "dependencies_json", "auth_config_json",
-                               "params_schema_json"})
+                               "params_schema_json", "files_json"})
 
 
 def now_text() -> str:
@@ -44,12 +44,12 @@ class Statements:
         return self.conn.execute("select id from skills where name = ? and id != ?", (name, skill_id)).fetchone()
 
     def insert_skill(self, name: str, values: Sequence[Any], *, is_core: bool, now: str) -> int:
-        """A new active skill at version 1; `values` are description, body and the three JSON columns."""
+        """A new active skill at version 1; `values` are description, body and the four JSON columns."""
         return self.conn.execute(
             """
             insert into skills(name, description, body, dependencies_json, auth_config_json,
-                params_schema_json, version, is_active, is_core, created_at, updated_at)
-            values (?, ?, ?, ?, ?, ?, 1, 1, ?, ?, ?)
+                params_schema_json, files_json, version, is_active, is_core, created_at, updated_at)
+            values (?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?, ?)
             """,
             (name, *values, int(is_core), now, now)).lastrowid
 
@@ -58,7 +58,7 @@ class Statements:
         self.conn.execute(
             """
             update skills set description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
-                params_schema_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
+                params_schema_json = ?, files_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
             where id = ?
             """,
             (*values, version, int(is_core), now, skill_id))
@@ -85,6 +85,29 @@ class Statements:
     def count_active(self) -> int:
         return self.conn.execute("select count(*) from skills where is_active = 1").fetchone()[0]
 
+    def active_skills(self) -> list[sqlite3.Row]:
+        """Every active skill's row, by id (what the Skills-over-MCP catalogue and export read)."""
+        return self.conn.execute("select * from skills where is_active = 1 order by id").fetchall()
+
+    def active_names(self) -> list[sqlite3.Row]:
+        return self.conn.execute("select id, name from skills where is_active = 1 order by id").fetchall()
+
+    # -- file contents, one row per digest (shared by every version that has the file)
+
+    def put_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Store `blobs` (digest -> bytes); a digest already stored is left as it is."""
+        self.conn.executemany("insert or ignore into skill_blobs(digest, size, content) values (?, ?, ?)",
+                              [(d, len(b), b) for d, b in blobs.items()])
+
+    def blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            out.update(self.conn.execute(f"select digest, content from skill_blobs where digest in ({marks})",
+                                         chunk).fetchall())
+        return out
+
     def texts(self, ids: Sequence[int]) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(ids))
         return self.conn.execute(f"select id, name, description, body from skills where id in ({marks})",
@@ -97,9 +120,9 @@ class Statements:
         self.conn.execute(
             """
             insert or ignore into skill_versions(skill_id, version, name, description, body,
-                dependencies_json, auth_config_json, params_schema_json, changed_at)
+                dependencies_json, auth_config_json, params_schema_json, files_json, changed_at)
             select id, version, name, description, body, dependencies_json, auth_config_json,
-                params_schema_json, ?
+                params_schema_json, files_json, ?
             from skills
             where id = ?
             """,
