@@ -171,6 +171,8 @@ MIGRATIONS: list[Migration] = [
     Migration("m005_skill_files", (
         "alter table skills add column files_json text",
         "alter table skill_versions add column files_json text",
+        # Where an imported skill came from: {source, ref?, commit?, path} (selfmcp/transfer.py).
+        "alter table skills add column source_json text",
         """
         create table skill_blobs (
             digest text primary key,

@@ -362,6 +362,7 @@ class Registry:
             "versions": versions, "runs": runs,
             "agent_name": documents.agent_name(row["name"]),
             "files": json.loads(row["files_json"]) if row["files_json"] else [],
+            "source": _loads(row["source_json"], None),
         }
 
     def count_active(self) -> int:
@@ -417,6 +418,11 @@ class Registry:
         manifest = json.loads(row["files_json"]) if row["files_json"] else []
         blobs = tx.blobs([f["digest"] for f in manifest])
         return {f["path"]: blobs[f["digest"]] for f in manifest}
+
+    def set_source(self, skill_id: int, source: dict[str, Any] | None) -> None:
+        """Record where an imported skill came from (source, ref, commit, path); shown by get_detail."""
+        with self.store.write() as tx:
+            tx.set_source(skill_id, json.dumps(source) if source else None)
 
     def folders(self) -> list[documents.SkillFolder]:
         """Every active skill as an Agent Skills folder, by id (the first of two sharing a name wins)."""

@@ -204,6 +204,8 @@ def check_path(path: Any) -> str:
 
 def decode_content(path: str, value: Any) -> bytes:
     """A file's bytes from the tool argument: text (stored as UTF-8), or {"base64": "..."} for binary."""
+    if isinstance(value, bytes):
+        return value
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, Mapping) and set(value) == {"base64"} and isinstance(value["base64"], str):

@@ -89,6 +89,9 @@ class Statements:
         """Every active skill's row, by id (what the Skills-over-MCP catalogue and export read)."""
         return self.conn.execute("select * from skills where is_active = 1 order by id").fetchall()
 
+    def set_source(self, skill_id: int, source_json: str | None) -> None:
+        self.conn.execute("update skills set source_json = ? where id = ?", (source_json, skill_id))
+
     def active_names(self) -> list[sqlite3.Row]:
         return self.conn.execute("select id, name from skills where is_active = 1 order by id").fetchall()
 
