@@ -98,9 +98,12 @@ def validate_files(files: Any, body: str, current: dict[str, bytes] | None = Non
     """A skill's files (path -> bytes) after applying `files` to `current`: a path mapped to None is removed."""
     if files is not None and not isinstance(files, dict):
         raise InvalidFiles(f"files must be an object of path -> content, not {type(files).__name__}.")
-    merged = dict(current or {})
+    merged, given = dict(current or {}), set()
     for path, value in (files or {}).items():
         path = documents.check_path(path)
+        if path in given:
+            raise InvalidFiles(f"Two files have the path {path!r} (after Unicode NFC normalisation).", path=path)
+        given.add(path)
         if value is None:
             merged.pop(path, None)
         else:

@@ -286,10 +286,11 @@ def _apply(registry: Any, fields: dict[str, Any], source: dict[str, Any]) -> str
     for key in ("dependencies", "auth_config", "params_schema"):
         if key in fields and detail[key] != fields[key]:
             patch[key] = fields[key]
-    if patch:
-        registry.update(existing.skill_id, **patch)
+    if not patch:
+        return "unchanged"
+    registry.update(existing.skill_id, **patch)
     registry.set_source(existing.skill_id, source)
-    return "updated" if patch else "unchanged"
+    return "updated"
 
 
 def import_source(registry: Any, source: str | os.PathLike[str], *, ref: str | None = None,
