@@ -29,8 +29,9 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 import skills
 from embeddings import Embedder, make_embedder
 from selfmcp import redact
+from selfmcp.errors import InvalidFiles, error_body
 from selfmcp.extension import SkillsServerMixin
-from selfmcp.errors import error_body
+from selfmcp.folders import FILES_HELP
 from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
@@ -199,7 +200,7 @@ _ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
     "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
     "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
     "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema, "files": skills.InvalidFiles,
+    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema, "files": InvalidFiles,
 }
 
 
@@ -222,16 +223,13 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
 
 
 class SelfMCPServer(SkillsServerMixin, MCPServer):
-    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload.
-
-    Its skills are also Agent Skills, served by the Skills-over-MCP extension (selfmcp/extension.py).
-    """
+    """MCPServer over one registry (its skills also served as Agent Skills), failures as the error payload."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
         self.registry = registry
         self.remote_auth = remote
-        self.install_skills()
+        self.install_skills()  # the Skills-over-MCP extension, skill:// resources, knowledge-skill prompts
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
@@ -246,11 +244,6 @@ class SelfMCPServer(SkillsServerMixin, MCPServer):
 # ------------------------------------------------------------------------------- tools
 
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
-FileContent = str | dict[str, str] | None
-FILES_HELP = ("Supporting files of the skill's folder (Agent Skills layout), relative path -> text, or "
-              '{"base64": "..."} for binary; e.g. {"scripts/helper.py": "...", "assets/data.csv": "..."}. '
-              "At most 512 files and 16 MiB a skill; stored byte for byte and written into the run's working "
-              "directory.")
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -290,17 +283,16 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
             '"client_id_env": ..., "client_secret_env": ...}.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
-        files: Annotated[dict[str, FileContent] | None, Field(description=FILES_HELP)] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Store a new skill in the registry so it can be found and run in any later session.
 
         Call this only after skill_search found nothing suitable. Returns {id, name, version, status}
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
-        history kept, version continues). A body with no Python to run is a knowledge skill (read, not
-        run); a SKILL.md with no ```python block runs its `metadata.entrypoint` script or scripts/main.py
-        from `files`. Errors: skill_exists, invalid_name, invalid_description, invalid_body, invalid_code
-        (syntax error, with the line), invalid_frontmatter, invalid_files, invalid_dependency,
-        invalid_auth_config, invalid_params_schema.
+        history kept, version continues). A skill with no code to run (no ```python block, no scripts/main.py
+        or `metadata.entrypoint` script in files) is a knowledge skill. Errors: skill_exists, invalid_name,
+        invalid_description, invalid_body, invalid_code (syntax error, with the line), invalid_frontmatter,
+        invalid_files, invalid_dependency, invalid_auth_config, invalid_params_schema.
         """
         return registry.create(name, description, body, dependencies, auth_config, params_schema, files=files)
 
@@ -313,9 +305,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         dependencies: Annotated[list[str] | None, Field(description="New list of pip requirements.")] = None,
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
-        files: Annotated[dict[str, FileContent] | None, Field(description=(
-            "Files to add or replace (as in skill_create); a path mapped to null removes that file; "
-            "files not named stay."))] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
@@ -323,9 +313,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         Errors: skill_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists (name taken),
         and the validation codes of skill_create.
         """
-        return registry.update(skill_id, name=name, description=description, body=body,
-                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema,
-                               files=files)
+        return registry.update(skill_id, name=name, description=description, body=body, files=files,
+                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
 
     @tool(ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
     def skill_delete(skill_id: SkillId) -> dict[str, Any]:
@@ -379,9 +368,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history), `agent_name` (its
-        Agent Skills name: its files are skill://<agent_name>/<path> resources) and `files` ([{path,
-        size, digest}] of its supporting files). Errors: skill_not_found.
+        Returns the record with `versions` (the version numbers kept in history), `agent_name` (its files
+        are skill://<agent_name>/<path> resources) and `files` ([{path, size, digest}]). Errors: skill_not_found.
         """
         return registry.get_detail(skill_id)
 

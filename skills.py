@@ -24,10 +24,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, documents, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, schemas, skillmd
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
-                            InvalidDescription, InvalidFiles, InvalidFrontmatter, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
+                            InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
                             NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
@@ -38,7 +38,7 @@ from selfmcp.store import SkillStore, Statements, now_text
 
 __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallFailed", "ExecutionConfig",
            "ExecutionConfigError", "InvalidArgument", "InvalidAuthConfig", "InvalidBody", "InvalidCode",
-           "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidFiles", "InvalidFrontmatter", "InvalidLimit", "InvalidMode", "InvalidName",
+           "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
            "SkillExists", "SkillNotFound"]
@@ -82,8 +82,6 @@ def validate_body(body: Any) -> skillmd.ParsedBody:
     if size > MAX_BODY_BYTES:
         raise InvalidBody(f"The body is {size} bytes; the limit is 256 KiB.")
     parsed = skillmd.parse_body(body)
-    if parsed.is_markdown:
-        documents.document_frontmatter(body)  # refuses YAML that readers would see differently
     if parsed.code is not None:
         try:
             compile(parsed.code, "<skill>", "exec")
@@ -92,38 +90,6 @@ def validate_body(body: Any) -> skillmd.ParsedBody:
         except ValueError as exc:  # e.g. a NUL byte in the source
             raise InvalidCode(f"The code cannot be compiled: {exc}.") from None
     return parsed
-
-
-def validate_files(files: Any, body: str, current: dict[str, bytes] | None = None) -> dict[str, bytes]:
-    """A skill's files (path -> bytes) after applying `files` to `current`: a path mapped to None is removed."""
-    if files is not None and not isinstance(files, dict):
-        raise InvalidFiles(f"files must be an object of path -> content, not {type(files).__name__}.")
-    merged, given = dict(current or {}), set()
-    for path, value in (files or {}).items():
-        path = documents.check_path(path)
-        if path in given:
-            raise InvalidFiles(f"Two files have the path {path!r} (after Unicode NFC normalisation).", path=path)
-        given.add(path)
-        if value is None:
-            merged.pop(path, None)
-        else:
-            merged[path] = documents.decode_content(path, value)
-    return documents.check_files(merged, body=body, plain_python=not skillmd.looks_like_markdown(body))
-
-
-def _files_json(files: dict[str, bytes]) -> str | None:
-    return json.dumps(documents.manifest(files)) if files else None
-
-
-def _check_agent_name(tx: Statements, name: str, skill_id: int | None) -> None:
-    """Two active skills may not share an Agent Skills name (their skill:// URIs would clash)."""
-    wanted = documents.agent_name(name)
-    for row in tx.active_names():
-        if row["id"] != skill_id and documents.agent_name(row["name"]) == wanted:
-            raise SkillExists(f"Skill {row['name']!r} (id {row['id']}) already has the Agent Skills name "
-                              f"{wanted!r}, which {name!r} would share.",
-                              hint="Choose a name that differs in more than case or punctuation.",
-                              skill_id=row["id"], agent_name=wanted)
 
 
 def validate_dependencies(dependencies: Any) -> list[str]:
@@ -223,16 +189,14 @@ class Registry:
 
     # -- writes
 
-    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None,
-               auth_config: Any = None, params_schema: Any = None, *, files: Any = None,
-               is_core: bool = False) -> dict[str, Any]:
+    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None, auth_config: Any = None,
+               params_schema: Any = None, *, files: Any = None, is_core: bool = False) -> dict[str, Any]:
         name = validate_name(name)
         description = validate_description(description)
         parsed = validate_body(body)
-        file_map = validate_files(files, body)
+        file_map = folders.validate_folder(files, body)
         values = (description, body, json.dumps(validate_dependencies(dependencies)),
-                  _json_or_none(validate_auth_config(auth_config)), _json_or_none(validate_params_schema(params_schema)),
-                  _files_json(file_map))
+                  _json_or_none(validate_auth_config(auth_config)), _json_or_none(validate_params_schema(params_schema)))
         entry = self.search_index.prepare(name, description, parsed.frontmatter)
         now = now_text()
         with self.store.write() as tx:
@@ -240,22 +204,20 @@ class Registry:
             if row is not None and row["is_active"]:
                 raise SkillExists(f"An active skill named {name!r} already exists (id {row['id']}).",
                                   skill_id=row["id"])
-            _check_agent_name(tx, name, None)
-            tx.put_blobs({documents.digest(d): d for d in file_map.values()})
             if row is not None:
                 skill_id, version, status = row["id"], row["version"] + 1, "reactivated"
                 tx.reactivate_skill(skill_id, values, version=version, is_core=is_core, now=now)
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
+            folders.write_files(tx, name, skill_id, file_map)
             tx.archive_version(skill_id, now=now)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
-    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
-               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None,
-               files: Any = None) -> dict[str, Any]:
+    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None, files: Any = None,
+               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None) -> dict[str, Any]:
         patch: dict[str, Any] = {}
         parsed = None
         if name is not None:
@@ -271,23 +233,14 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if files is not None:
-            validate_files(files, body if isinstance(body, str) else "---\n---\n")  # paths and contents first
-            patch["files_json"] = None  # filled in below, from the current files
-        if not patch:
+        if not patch and files is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
-        new_files: dict[str, bytes] = {}
-        if files is not None or body is not None:
-            with self.store.read() as tx:
-                current_files = self._files(tx, current)
-            new_files = validate_files(files, patch.get("body", current["body"]), current_files)
-            if files is not None:
-                patch["files_json"] = _files_json(new_files)
+        new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
         new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
         frontmatter = (parsed or skillmd.parse_body(current["body"])).frontmatter
         entry = self.search_index.prepare(new_name, new_description, frontmatter, embed=False)
@@ -303,10 +256,9 @@ class Registry:
                     raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
                                       hint="Choose another name; deleted skills keep their names for reactivation.",
                                       skill_id=clash["id"])
-                _check_agent_name(tx, patch["name"], skill_id)
-            tx.put_blobs({documents.digest(d): d for d in new_files.values()})
             tx.archive_version(skill_id, now=now)
             tx.patch_skill(skill_id, patch, now=now)
+            folders.write_files(tx, patch.get("name"), skill_id, new_files)
             new = tx.skill(skill_id)
             tx.archive_version(skill_id, now=now)
             if (new["name"], new["description"], new["body"]) != (new_name, new_description,
@@ -363,10 +315,7 @@ class Registry:
             "params_schema": _loads(row["params_schema_json"], None),
             "version": row["version"], "is_core": bool(row["is_core"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs,
-            "agent_name": documents.agent_name(row["name"]),
-            "files": json.loads(row["files_json"]) if row["files_json"] else [],
-            "source": _loads(row["source_json"], None),
+            "versions": versions, "runs": runs, **folders.detail(row),
         }
 
     def count_active(self) -> int:
@@ -415,38 +364,6 @@ class Registry:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
         return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(auth, self.environ)}
 
-    # -- skill folders (Agent Skills): the Skills-over-MCP extension, import and export
-
-    @staticmethod
-    def _files(tx: Statements, row: Any) -> dict[str, bytes]:
-        manifest = json.loads(row["files_json"]) if row["files_json"] else []
-        blobs = tx.blobs([f["digest"] for f in manifest])
-        return {f["path"]: blobs[f["digest"]] for f in manifest}
-
-    def set_source(self, skill_id: int, source: dict[str, Any] | None) -> None:
-        """Record where an imported skill came from (source, ref, commit, path); shown by get_detail."""
-        with self.store.write() as tx:
-            tx.set_source(skill_id, json.dumps(source) if source else None)
-
-    def folders(self) -> list[documents.SkillFolder]:
-        """Every active skill as an Agent Skills folder, by id (the first of two sharing a name wins)."""
-        with self.store.read() as tx:
-            rows = tx.active_skills()
-        out, seen = [], set()
-        for row in rows:
-            folder = documents.SkillFolder.from_row(row)
-            if folder.agent_name not in seen:
-                seen.add(folder.agent_name)
-                out.append(folder)
-        return out
-
-    def folder_files(self, skill_id: int) -> dict[str, bytes]:
-        """Every file of an active skill's folder (SKILL.md first), byte for byte as served."""
-        with self.store.read() as tx:
-            row = self._active_row(tx, skill_id)
-            files = self._files(tx, row)
-        return {**documents.SkillFolder.from_row(row).generated, **files}
-
     # -- execution
 
     def runtime(self) -> Runtime:
@@ -487,14 +404,7 @@ class Registry:
             raise MissingCredentials(f"Skill {row['name']!r} needs {', '.join(missing)}, which "
                                      f"{'is' if len(missing) == 1 else 'are'} not set on the server.",
                                      hint=hint, missing=missing)
-        with self.store.read() as tx:
-            files = self._files(tx, row)
-        run = documents.runnable(row["body"], files)
-        if run is None:
-            raise NotExecutable(f"Skill {row['name']!r} is a knowledge skill: its SKILL.md has no ```python block "
-                                "and it has no script to run.",
-                                hint=f"Read it with skill_get_detail(skill_id={row['id']}) and follow its "
-                                     "instructions; to make it runnable add a ```python block or scripts/main.py.")
+        run, files = folders.SkillFolders(self.store).runnable(row)
         return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json, timeout_s,
                            tuple(_loads(row["dependencies_json"], [])),
                            tuple(credentials.required_env_vars(auth)), files=files, script=run.script)

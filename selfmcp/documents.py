@@ -281,7 +281,8 @@ def python_skill_md(name: str, description: str, *, dependencies: list[str] | No
     if dependencies:
         lines += ["", "It needs these Python packages: " + ", ".join(f"`{d}`" for d in dependencies) + "."]
     if params_schema:
-        lines += ["", "Parameters (JSON Schema):", "", "```json", json.dumps(params_schema, indent=2, sort_keys=True), "```"]
+        schema = json.dumps(params_schema, indent=2, sort_keys=True)
+        lines += ["", "Parameters (JSON Schema):", "", "```json", schema, "```"]
     if auth_config:
         names = [auth_config.get(k) for k in ("env_var", "client_id_env", "client_secret_env") if auth_config.get(k)]
         if names:

@@ -96,7 +96,7 @@ SkillNotFound = _error("SkillNotFound", "skill_not_found",
                        "Call skill_search or skill_list_summary to find the right id.")
 SkillExists = _error("SkillExists", "skill_exists", "Call skill_update on the existing skill, or choose another name.")
 NothingToUpdate = _error("NothingToUpdate", "nothing_to_update",
-                         "Pass at least one of name, description, body, dependencies, auth_config, params_schema.")
+                         "Pass at least one of name, description, body, files, dependencies, auth_config, params_schema.")
 CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skill",
                                "Core skills stay in the registry; update their body or description instead.")
 CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",

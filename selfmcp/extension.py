@@ -14,7 +14,7 @@
 - `advertise_on_handshake` is the middleware that puts the declaration (and the listChanged
   flags) into the 2025-11-25 `initialize` result, which mcp 2.3 strips on its own.
 
-Nothing here writes: the registry (`skills.Registry.folders()` / `folder_files()`) is the source.
+Nothing here writes: the registry's store, read through `selfmcp.folders.SkillFolders`, is the source.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from mcp_types import ResourceTemplate as MCPResourceTemplate
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from selfmcp import documents
+from selfmcp.folders import SkillFolders
 
 log = logging.getLogger("selfmcp.extension")
 
@@ -110,11 +111,11 @@ def mime_type(path: str) -> str:
 class SkillCatalogue:
     """The registry seen as skill folders: entries, files and directories, read in a worker thread."""
 
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
+    def __init__(self, folders: SkillFolders) -> None:
+        self.store = folders
 
     async def folders(self) -> list[documents.SkillFolder]:
-        return await anyio.to_thread.run_sync(self.registry.folders)
+        return await anyio.to_thread.run_sync(self.store.list)
 
     async def folder(self, name: str) -> documents.SkillFolder | None:
         return next((f for f in await self.folders() if f.agent_name == name), None)
@@ -134,7 +135,7 @@ class SkillCatalogue:
             return folder.generated[path]
         if not any(f["path"] == path for f in folder.stored):
             return None
-        files = await anyio.to_thread.run_sync(self.registry.folder_files, folder.skill_id)
+        files = await anyio.to_thread.run_sync(self.store.files, folder.skill_id)
         return files.get(path)
 
 
@@ -228,7 +229,7 @@ class SkillsServerMixin:
 
     def install_skills(self, page_size: int = PAGE_SIZE) -> SkillsExtension:
         """Declare the extension and its handlers; call once, after MCPServer.__init__."""
-        self.skill_catalogue = SkillCatalogue(self.registry)
+        self.skill_catalogue = SkillCatalogue(SkillFolders(self.registry.store))
         self._prompt_page_size = page_size
         self._legacy_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
         extension = SkillsExtension(self.skill_catalogue, page_size=page_size)

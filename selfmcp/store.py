@@ -44,12 +44,12 @@ class Statements:
         return self.conn.execute("select id from skills where name = ? and id != ?", (name, skill_id)).fetchone()
 
     def insert_skill(self, name: str, values: Sequence[Any], *, is_core: bool, now: str) -> int:
-        """A new active skill at version 1; `values` are description, body and the four JSON columns."""
+        """A new active skill at version 1; `values` are description, body and the three JSON columns."""
         return self.conn.execute(
             """
             insert into skills(name, description, body, dependencies_json, auth_config_json,
-                params_schema_json, files_json, version, is_active, is_core, created_at, updated_at)
-            values (?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?, ?)
+                params_schema_json, version, is_active, is_core, created_at, updated_at)
+            values (?, ?, ?, ?, ?, ?, 1, 1, ?, ?, ?)
             """,
             (name, *values, int(is_core), now, now)).lastrowid
 
@@ -58,7 +58,7 @@ class Statements:
         self.conn.execute(
             """
             update skills set description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
-                params_schema_json = ?, files_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
+                params_schema_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
             where id = ?
             """,
             (*values, version, int(is_core), now, skill_id))
@@ -88,6 +88,10 @@ class Statements:
     def active_skills(self) -> list[sqlite3.Row]:
         """Every active skill's row, by id (what the Skills-over-MCP catalogue and export read)."""
         return self.conn.execute("select * from skills where is_active = 1 order by id").fetchall()
+
+    def set_files(self, skill_id: int, files_json: str | None) -> None:
+        """Set the skill's file manifest (in the transaction that writes its version)."""
+        self.conn.execute("update skills set files_json = ? where id = ?", (files_json, skill_id))
 
     def set_source(self, skill_id: int, source_json: str | None) -> None:
         self.conn.execute("update skills set source_json = ? where id = ?", (source_json, skill_id))

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from selfmcp import documents, skillmd
+from selfmcp.folders import SkillFolders
 from selfmcp.errors import SkillError
 
 Progress = Callable[[int, int, str], None]
@@ -266,11 +267,12 @@ def read_candidate(cand: Candidate) -> dict[str, Any]:
 
 def _apply(registry: Any, fields: dict[str, Any], source: dict[str, Any]) -> str:
     """Create or update one skill from `fields`; 'added', 'updated' or 'unchanged'."""
-    existing = next((f for f in registry.folders() if f.agent_name == fields["name"]), None)
+    folders = SkillFolders(registry.store)
+    existing = next((f for f in folders.list() if f.agent_name == fields["name"]), None)
     if existing is None:
         created = registry.create(fields["name"], fields["description"], fields["body"], fields.get("dependencies"),
                                   fields.get("auth_config"), fields.get("params_schema"), files=fields["files"])
-        registry.set_source(created["id"], source)
+        folders.set_source(created["id"], source)
         return "added"
     detail = registry.get_detail(existing.skill_id)
     stored = {f["path"]: f["digest"] for f in detail["files"]}
@@ -289,7 +291,7 @@ def _apply(registry: Any, fields: dict[str, Any], source: dict[str, Any]) -> str
     if not patch:
         return "unchanged"
     registry.update(existing.skill_id, **patch)
-    registry.set_source(existing.skill_id, source)
+    folders.set_source(existing.skill_id, source)
     return "updated"
 
 
@@ -341,12 +343,13 @@ def export_all(registry: Any, directory: str | os.PathLike[str], *, progress: Pr
     """Write every active skill as `directory/<agent name>/...`; returns {directory, exported, files, bytes}."""
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    folders = registry.folders()
+    store = SkillFolders(registry.store)
+    folders = store.list()
     report: dict[str, Any] = {"directory": str(root), "exported": [], "files": 0, "bytes": 0}
     for done, folder in enumerate(folders):
         if progress is not None:
             progress(done, len(folders), folder.agent_name)
-        files = registry.folder_files(folder.skill_id)
+        files = store.files(folder.skill_id)
         target = root / folder.agent_name
         if target.is_symlink() or (target.exists() and not target.is_dir()):
             raise TransferError(f"{str(target)!r} exists and is not a folder.")

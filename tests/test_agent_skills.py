@@ -18,7 +18,8 @@ from mcp import Client
 
 import skills
 from conftest import FakeEmbedder, assert_error
-from selfmcp import documents, transfer
+from selfmcp import documents, errors, transfer
+from selfmcp.folders import SkillFolders
 from server import Settings, create_server
 
 pytestmark = pytest.mark.anyio
@@ -28,6 +29,14 @@ HELPER = "def shout(text):\n    return text.upper() + '!'\n"
 MAIN = ("import json, os\nfrom helper import shout\n"
         "print(shout(open('assets/greeting.txt').read().strip()), json.loads(os.environ['SELFMCP_PARAMS']))\n")
 DOC = "---\nname: {name}\ndescription: {desc}\n---\n# {name}\n\nSome instructions.\n"
+
+
+def folders_of(reg: skills.Registry):
+    return SkillFolders(reg.store).list()
+
+
+def files_of(reg: skills.Registry, skill_id: int) -> dict[str, bytes]:
+    return SkillFolders(reg.store).files(skill_id)
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -53,7 +62,7 @@ def state(reg: skills.Registry) -> tuple:
 def test_frontmatter_that_yaml_readers_see_differently_is_refused(reg, line):
     body = f"---\nname: x\ndescription: d\n{line}\n---\n# x\n"
     before = state(reg)
-    with pytest.raises(skills.InvalidFrontmatter):
+    with pytest.raises(errors.InvalidFrontmatter):
         reg.create("x", "d", body)
     assert state(reg) == before
 
@@ -61,33 +70,33 @@ def test_frontmatter_that_yaml_readers_see_differently_is_refused(reg, line):
 def test_quoted_frontmatter_is_kept_verbatim_and_served_byte_for_byte(reg):
     body = "---\nname: x\ndescription: d\nflag: 'yes'\nwhen: \"2024-01-01\"\nmetadata:\n  n: '017'\n---\r\n# x\r\n"
     sid = reg.create("x", "d", body)["id"]
-    folder = next(f for f in reg.folders() if f.skill_id == sid)
+    folder = next(f for f in folders_of(reg) if f.skill_id == sid)
     assert folder.frontmatter == {"name": "x", "description": "d", "flag": "yes", "when": "2024-01-01",
                                   "metadata": {"n": "017"}}
-    assert reg.folder_files(sid)["SKILL.md"] == body.encode()
+    assert files_of(reg, sid)["SKILL.md"] == body.encode()
 
 
 @pytest.mark.parametrize("path", ["../x.py", "a/../../x", "/etc/passwd", "a\\b.py", "a//b", "./a", "a/", "",
                                   "bad\x00name", "tab\tname", "C:/x"])
 def test_unsafe_file_paths_are_refused_and_nothing_is_written(reg, path):
     before = state(reg)
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={path: "x"})
     assert state(reg) == before
 
 
 def test_file_limits_and_clashes_are_refused(reg):
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={f"f{i}.txt": "x" for i in range(600)})
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={"big.bin": {"base64": base64.b64encode(b"\0" * (17 << 20)).decode()}})
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={"scripts/main.py": "print(2)"})  # where the body is shown
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={"a": "1", "a/b": "2"})
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={"e\u0301.txt": "1", "\u00e9.txt": "2"})  # the same after NFC
-    with pytest.raises(skills.InvalidFiles):
+    with pytest.raises(errors.InvalidFiles):
         reg.create("x", "d", "print(1)", files={"a.bin": {"base64": "not base64!"}})
 
 
@@ -99,7 +108,7 @@ def test_files_are_stored_byte_exact_and_versioned_with_the_skill(reg):
     assert detail["agent_name"] == "x"
     assert [(f["path"], f["size"]) for f in detail["files"]] == [("b.txt", 3), ("references/a.md", len(raw))]
     assert detail["files"][1]["digest"] == "sha256:" + hashlib.sha256(raw).hexdigest()
-    assert reg.folder_files(sid)["references/a.md"] == raw
+    assert files_of(reg, sid)["references/a.md"] == raw
     out = reg.update(sid, files={"b.txt": None, "c.txt": "c"})
     assert out["updated_fields"] == ["files"]
     assert [f["path"] for f in reg.get_detail(sid)["files"]] == ["c.txt", "references/a.md"]
@@ -217,7 +226,7 @@ def test_an_export_of_plain_python_skills_imports_as_the_same_skills(reg, tmp_pa
     other = skills.Registry(tmp_path / "other.db", FakeEmbedder())
     report = transfer.import_source(other, tmp_path / "a")
     assert "add-two" in report["added"] and report["refused"] == []
-    detail = other.get_detail(next(f.skill_id for f in other.folders() if f.agent_name == "add-two"))
+    detail = other.get_detail(next(f.skill_id for f in folders_of(other) if f.agent_name == "add-two"))
     assert detail["body"] == "print(1 + 1)\n" and detail["dependencies"] == ["requests>=2"]
     assert [f["path"] for f in detail["files"]] == ["scripts/helper.py"]
     transfer.export_all(other, tmp_path / "b")
@@ -305,7 +314,7 @@ def test_a_git_repository_imports_at_a_pinned_commit_which_the_skill_records(reg
 
     report = transfer.import_source(reg, repo.as_uri(), ref=first)
     assert report["added"] == ["greeter"] and report["commit"] == first
-    sid = next(f.skill_id for f in reg.folders() if f.agent_name == "greeter")
+    sid = next(f.skill_id for f in folders_of(reg) if f.agent_name == "greeter")
     detail = reg.get_detail(sid)
     assert detail["description"] == "Greets, v1."
     assert detail["source"] == {"source": repo.as_uri(), "commit": first, "ref": first, "path": "skills/greeter"}

@@ -16,6 +16,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import PaginatedRequestParams, Request, RequestParams
 from pydantic import TypeAdapter
 
+from selfmcp.folders import SkillFolders
 from conftest import FakeEmbedder, http_server, stdio_params
 from server import Settings, create_server
 
@@ -24,7 +25,8 @@ EXT = "io.modelcontextprotocol/skills"
 HELPER = "def shout(text):\n    return text.upper() + '!'\n"
 MAIN = ("import json, os\nfrom helper import shout\n"
         "print(shout(open('assets/greeting.txt').read().strip()), json.loads(os.environ['SELFMCP_PARAMS']))\n")
-KNOWLEDGE = "---\nname: style-guide\ndescription: How we write commit messages.\n---\n# Style\r\n\r\nUse the imperative.\n"
+KNOWLEDGE = ("---\nname: style-guide\ndescription: How we write commit messages.\n---\n"
+             "# Style\r\n\r\nUse the imperative.\n")
 
 
 class ListParams(PaginatedRequestParams):
@@ -186,7 +188,7 @@ async def test_skills_list_pages_hold_whole_entries_and_cursors_round_trip(reg, 
             cursor = page.get("nextCursor")
             if cursor is None:
                 break
-        assert pages >= 3 and len(seen) == len(set(seen)) == len(reg.folders())
+        assert pages >= 3 and len(seen) == len(set(seen)) == len(SkillFolders(reg.store).list())
         with pytest.raises(MCPError) as err:
             await send(client, SkillsList(params=ListParams(cursor="not-a-cursor")))
         assert err.value.error.code == -32602
