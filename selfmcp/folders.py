@@ -80,6 +80,9 @@ class SkillFolders:
 
     def __init__(self, store: SkillStore) -> None:
         self.store = store
+        # Presenting a skill parses its frontmatter; a long-lived instance (the extension's) keeps each
+        # skill's folder until its row changes (version and updated_at move on every write).
+        self._presented: dict[tuple[int, int, str], documents.SkillFolder] = {}
 
     def merged_files(self, current: Any, files: Any, body: Any, patch: dict[str, Any]) -> dict[str, bytes] | None:
         """For an update: the skill's files after `files`, checked with the new body (None: no change to
@@ -109,12 +112,14 @@ class SkillFolders:
         """Every active skill as an Agent Skills folder, by id (the first of two sharing a name wins)."""
         with self.store.read() as tx:
             rows = tx.active_skills()
-        out, seen = [], set()
+        out, seen, cache = [], set(), {}
         for row in rows:
-            folder = documents.SkillFolder.from_row(row)
+            key = (row["id"], row["version"], row["updated_at"])
+            folder = cache[key] = self._presented.get(key) or documents.SkillFolder.from_row(row)
             if folder.agent_name not in seen:
                 seen.add(folder.agent_name)
                 out.append(folder)
+        self._presented = cache
         return out
 
     def files(self, skill_id: int) -> dict[str, bytes]:
