@@ -177,10 +177,25 @@ MIGRATIONS: list[Migration] = [
     Migration("m004_active_skills_index", (
         "create index skills_active on skills(id) where is_active = 1",
     )),
+    # A skill's supporting files (selfmcp/documents.py): the skill row and each version row keep a
+    # manifest (path, size, digest); the bytes live once per digest, so versions share unchanged files.
+    Migration("m005_skill_files", (
+        "alter table skills add column files_json text",
+        "alter table skill_versions add column files_json text",
+        # Where an imported skill came from: {source, ref?, commit?, path} (selfmcp/transfer.py).
+        "alter table skills add column source_json text",
+        """
+        create table skill_blobs (
+            digest text primary key,
+            size integer not null,
+            content blob not null
+        )
+        """,
+    )),
     # Names are unique without regard to case. Databases that already hold two spellings of one
     # name keep the oldest as it is; the others get "~<id>" appended ('~' is never in a valid
     # name, so the result clashes with nothing) and can be renamed with skill_update.
-    Migration("m005_case_insensitive_names", (
+    Migration("m006_case_insensitive_names", (
         """
         update skills
         set name = name || '~' || id

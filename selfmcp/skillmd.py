@@ -19,6 +19,7 @@ read here: enough for name, description, tags and metadata, with no YAML depende
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from markdown_it import MarkdownIt
@@ -97,6 +98,11 @@ def parse_body(body: str) -> ParsedBody:
     frontmatter = parse_frontmatter(match.group(1)) if match else {}
     blocks = python_blocks(body[match.end():] if match else body)
     return ParsedBody(is_markdown=True, frontmatter=frontmatter, code="\n\n".join(blocks) if blocks else None)
+
+
+def nfc(text: str) -> str:
+    """`text` in Unicode normal form C: the form names are compared in."""
+    return unicodedata.normalize("NFC", text)
 
 
 def code_fields(body: str) -> dict[str, object]:
