@@ -166,6 +166,11 @@ MIGRATIONS: list[Migration] = [
     Migration("m004_active_skills_index", (
         "create index skills_active on skills(id) where is_active = 1",
     )),
+    # What made each version (created, updated, restored, reactivated) and which version a restore copied.
+    Migration("m005_version_changes", (
+        "alter table skill_versions add column change text",
+        "alter table skill_versions add column restored_from integer",
+    )),
 ]
 
 

@@ -300,15 +300,26 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         dependencies: Annotated[list[str] | None, Field(description="New list of pip requirements.")] = None,
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
+        restore_version: Annotated[int | None, Field(description=(
+            "Make this earlier version's content current again, as a new version (alone, without field "
+            "changes). History is never rewritten."), ge=1)] = None,
+        expected_version: Annotated[int | None, Field(description=(
+            "The version you read; if the skill has changed since, nothing is written and the error is "
+            "version_conflict. Pass it whenever you edit from a version you read."), ge=1)] = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
-        The previous content stays in the version history. Returns {id, name, version, updated_fields}.
-        Errors: skill_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists (name taken),
-        and the validation codes of skill_create.
+        Or roll back: restore_version=N makes version N's content current as a new version (see the
+        history with skill_get_detail(include_history=true)). Pass expected_version (the version you
+        read) so a concurrent edit is never overwritten. The previous content stays in the history.
+        Returns {id, name, version, previous_version, updated_fields, restored_from?}. Errors:
+        skill_not_found, nothing_to_update, version_conflict (with current_version; re-read and retry),
+        version_not_found, cannot_rename_core_skill, skill_exists (name taken), invalid_argument, and the
+        validation codes of skill_create.
         """
         return registry.update(skill_id, name=name, description=description, body=body,
-                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
+                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema,
+                               restore_version=restore_version, expected_version=expected_version)
 
     @tool(ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
     def skill_delete(skill_id: SkillId) -> dict[str, Any]:
@@ -358,13 +369,27 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         return registry.list_summary(limit, cursor)
 
     @tool(READ_ONLY)
-    def skill_get_detail(skill_id: SkillId) -> dict[str, Any]:
+    def skill_get_detail(
+        skill_id: SkillId,
+        version: Annotated[int | None, Field(description=(
+            "Return this earlier version's full content instead of the current one."), ge=1)] = None,
+        include_history: Annotated[bool, Field(description=(
+            "Add `history`: every version's number, time, change and changed fields, body size."))] = False,
+        diff_from: Annotated[int | None, Field(description=(
+            "Add `diff`: unified diffs from this version to the one returned (current, or `version`)."),
+            ge=1)] = None,
+    ) -> dict[str, Any]:
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
-        Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history). Errors: skill_not_found.
+        Call it before skill_execute to learn what params the skill reads, or to reuse its code; pass
+        its `version` as skill_update's expected_version when you edit it. Returns the record with
+        `versions` (the version numbers kept). For history: version=N returns version N's content with
+        historical=true and current_version; include_history=true adds `history` [{version, changed_at,
+        change, changed_fields, size, restored_from?}]; diff_from=A adds `diff` {from_version,
+        to_version, changed_fields, diffs: {field: unified diff}} (body and each other changed field).
+        Errors: skill_not_found, version_not_found.
         """
-        return registry.get_detail(skill_id)
+        return registry.get_detail(skill_id, version=version, include_history=include_history, diff_from=diff_from)
 
     @tool(READ_ONLY)
     def skill_search(

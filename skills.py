@@ -24,12 +24,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, history, schemas, skillmd
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
-                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
+                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
+                            VersionConflict as VersionConflict, VersionNotFound as VersionNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
                              ExecutionConfig, ExecutionConfigError,
                              PreparedRun, Progress, Runtime, run_stats)
@@ -41,7 +42,7 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
            "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
-           "SkillExists", "SkillNotFound"]
+           "SkillExists", "SkillNotFound", "VersionConflict", "VersionNotFound"]
 
 log = logging.getLogger("selfmcp.skills")
 
@@ -204,17 +205,24 @@ class Registry:
                                   skill_id=row["id"])
             if row is not None:
                 skill_id, version, status = row["id"], row["version"] + 1, "reactivated"
+                tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
                 tx.reactivate_skill(skill_id, values, version=version, is_core=is_core, now=now)
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
-            tx.archive_version(skill_id, now=now)
+            tx.record_version(skill_id, now=now, change=status)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
     def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
-               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None) -> dict[str, Any]:
+               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None,
+               restore_version: Any = None, expected_version: Any = None) -> dict[str, Any]:
+        """Patch the given fields, or make `restore_version`'s content current, as a new version.
+
+        With `expected_version`, the write happens only if the skill is still at that version when
+        the write transaction holds the lock; otherwise VersionConflict and nothing changes.
+        """
         patch: dict[str, Any] = {}
         parsed = None
         if name is not None:
@@ -230,11 +238,20 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if not patch:
+        if restore_version is not None and patch:
+            raise InvalidArgument("restore_version cannot be combined with field changes.",
+                                  hint="Restore first (restore_version alone), then update the fields.")
+        if expected_version is not None:
+            expected_version = history.check_version_number(expected_version, "expected_version")
+        if not patch and restore_version is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
+            history.check_expected(current, expected_version)
+            if restore_version is not None:
+                patch = history.restore_patch(history.version_row(tx, skill_id, restore_version, "restore_version"))
+                parsed = skillmd.parse_body(patch["body"])
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
         new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
@@ -246,16 +263,20 @@ class Registry:
         now = now_text()
         with self.store.write() as tx:
             row = self._active_row(tx, skill_id)
+            history.check_expected(row, expected_version)
             if "name" in patch and patch["name"] != row["name"]:
                 clash = tx.other_skill_named(patch["name"], skill_id)
                 if clash is not None:
                     raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
                                       hint="Choose another name; deleted skills keep their names for reactivation.",
                                       skill_id=clash["id"])
-            tx.archive_version(skill_id, now=now)
+            changed = (sorted(f for f, c in history.FIELDS.items() if row[c] != patch[c]) if restore_version
+                       is not None else sorted(k.removesuffix("_json") for k in patch))
+            tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
             tx.patch_skill(skill_id, patch, now=now)
             new = tx.skill(skill_id)
-            tx.archive_version(skill_id, now=now)
+            tx.record_version(skill_id, now=now, change="restored" if restore_version is not None else "updated",
+                              restored_from=restore_version)
             if (new["name"], new["description"], new["body"]) != (new_name, new_description,
                                                                    patch.get("body", current["body"])):
                 # A concurrent update changed the text between our read and this transaction.
@@ -267,8 +288,11 @@ class Registry:
             self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
         if entry.vector is not None or stale:
             self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
-        return {"id": skill_id, "name": new["name"], "version": new["version"],
-                "updated_fields": sorted(k.removesuffix("_json") for k in patch)}
+        result = {"id": skill_id, "name": new["name"], "version": new["version"],
+                  "previous_version": row["version"], "updated_fields": changed}
+        if restore_version is not None:
+            result["restored_from"] = restore_version
+        return result
 
     def delete(self, skill_id: Any) -> dict[str, Any]:
         now = now_text()
@@ -296,13 +320,20 @@ class Registry:
 
     # -- reads
 
-    def get_detail(self, skill_id: Any) -> dict[str, Any]:
+    def get_detail(self, skill_id: Any, *, version: Any = None, include_history: bool = False,
+                   diff_from: Any = None) -> dict[str, Any]:
+        """The current record; with `version`, that version's content (marked historical) instead; with
+        `include_history`, a compact list of every version; with `diff_from`, a diff from it to the shown version."""
         if self._runtime is not None:
             self._runtime.flush_history()
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
             versions = tx.version_numbers(skill_id)
             runs = run_stats(tx, skill_id)
+            extras = history.detail_extras(tx, skill_id, row, version=version, include_history=include_history,
+                                           diff_from=diff_from)
+        if "content" in extras:
+            return {**extras.pop("content"), "versions": versions, **extras}
         return {
             "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
             "dependencies": _loads(row["dependencies_json"], []),
@@ -310,7 +341,7 @@ class Registry:
             "params_schema": _loads(row["params_schema_json"], None),
             "version": row["version"], "is_core": bool(row["is_core"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs,
+            "versions": versions, "runs": runs, **extras,
         }
 
     def count_active(self) -> int:

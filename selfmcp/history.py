@@ -1,0 +1,137 @@
+"""A skill's version history made readable: summaries, one version's content, and diffs between two.
+
+Every write records the skill's new row in `skill_versions` (append only: a restore is a new
+version with an old version's content). This module turns those rows into what the registry
+returns; it reads through `Statements` and writes nothing.
+
+    summaries  -> [{version, changed_at, change, changed_fields, size, restored_from?}]
+    content    -> one version's full record, marked `historical` unless it is the current one
+    diff       -> {from_version, to_version, changed_fields, diffs: {field: unified diff}}
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sqlite3
+from typing import Any
+
+from selfmcp.errors import InvalidArgument, VersionConflict, VersionNotFound
+from selfmcp.store import Statements
+
+# Public field name -> column; the JSON columns are compared and shown as pretty JSON.
+FIELDS: dict[str, str] = {"name": "name", "description": "description", "body": "body",
+                          "dependencies": "dependencies_json", "auth_config": "auth_config_json",
+                          "params_schema": "params_schema_json"}
+_JSON_DEFAULTS: dict[str, Any] = {"dependencies": [], "auth_config": None, "params_schema": None}
+
+
+def check_version_number(value: Any, argument: str) -> int:
+    """`value` as a version number (an integer of at least 1)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgument(f"Invalid {argument} {value!r}; versions are whole numbers from 1.",
+                              hint=f"Pass {argument} as a version number from skill_get_detail's `versions`.")
+    return value
+
+
+def check_expected(row: sqlite3.Row, expected_version: int | None) -> None:
+    """VersionConflict unless the skill `row` is at `expected_version` (None: no expectation)."""
+    if expected_version is not None and row["version"] != expected_version:
+        raise VersionConflict(
+            f"Skill {row['id']} is at version {row['version']}, not {expected_version}; nothing was changed.",
+            hint=f"Re-read it with skill_get_detail(skill_id={row['id']}), apply your change to version "
+                 f"{row['version']}, and call skill_update again with expected_version={row['version']}.",
+            current_version=row["version"], expected_version=expected_version)
+
+
+def version_row(tx: Statements, skill_id: int, version: int, argument: str = "version") -> sqlite3.Row:
+    """The recorded row of `version`, or VersionNotFound naming the versions that exist."""
+    row = tx.version(skill_id, check_version_number(version, argument))
+    if row is None:
+        numbers = tx.version_numbers(skill_id)
+        raise VersionNotFound(f"Skill {skill_id} has no version {version} (it has versions "
+                              f"{_ranges(numbers) or 'none'}).", versions=numbers)
+    return row
+
+
+def field_values(row: sqlite3.Row) -> dict[str, Any]:
+    """The six content fields of a skill or version row, JSON columns decoded."""
+    out: dict[str, Any] = {}
+    for field, column in FIELDS.items():
+        value = row[column]
+        if field in _JSON_DEFAULTS:
+            value = _JSON_DEFAULTS[field] if value is None else json.loads(value)
+        out[field] = value
+    return out
+
+
+def restore_patch(row: sqlite3.Row) -> dict[str, Any]:
+    """Column -> value that makes a skill's content equal to the version in `row`."""
+    return {column: row[column] for column in FIELDS.values()}
+
+
+def content(skill_id: int, row: sqlite3.Row, current_version: int) -> dict[str, Any]:
+    """One version's full content; `historical` is true unless it is the current version."""
+    return {"id": skill_id, **field_values(row), "version": row["version"], "current_version": current_version,
+            "historical": row["version"] != current_version, "changed_at": row["changed_at"]}
+
+
+def summaries(tx: Statements, skill_id: int) -> list[dict[str, Any]]:
+    """Compact history, oldest first: number, time, what changed and the body's size in bytes."""
+    out = []
+    for row in tx.version_summaries(skill_id):
+        changed = [] if row["previous"] is None else [f for f in FIELDS if row[f]]
+        change = row["change"] or ("created" if row["previous"] is None else "updated")
+        item: dict[str, Any] = {"version": row["version"], "changed_at": row["changed_at"], "change": change,
+                                "changed_fields": changed, "size": row["size"]}
+        if row["restored_from"] is not None:
+            item["restored_from"] = row["restored_from"]
+        out.append(item)
+    return out
+
+
+def diff(old: sqlite3.Row, new: sqlite3.Row) -> dict[str, Any]:
+    """Unified diffs (difflib) of the body and of each other field that differs between two versions."""
+    before, after = field_values(old), field_values(new)
+    a, b = old["version"], new["version"]
+    diffs: dict[str, str] = {}
+    for field in FIELDS:
+        if before[field] == after[field]:
+            continue
+        lines = difflib.unified_diff(_lines(before[field]), _lines(after[field]),
+                                     fromfile=f"v{a}/{field}", tofile=f"v{b}/{field}")
+        diffs[field] = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
+                               for line in lines)
+    return {"from_version": a, "to_version": b, "changed_fields": list(diffs), "diffs": diffs}
+
+
+def detail_extras(tx: Statements, skill_id: int, current: sqlite3.Row, *, version: int | None,
+                  include_history: bool, diff_from: int | None) -> dict[str, Any]:
+    """What skill_get_detail adds for `version`, `include_history` and `diff_from` (empty when none is given)."""
+    extras: dict[str, Any] = {}
+    target = version_row(tx, skill_id, version) if version is not None else None
+    if target is not None:
+        extras["content"] = content(skill_id, target, current["version"])
+    if include_history:
+        extras["history"] = summaries(tx, skill_id)
+    if diff_from is not None:
+        old = version_row(tx, skill_id, diff_from, "diff_from")
+        new = target if target is not None else version_row(tx, skill_id, current["version"])
+        extras["diff"] = diff(old, new)
+    return extras
+
+
+def _lines(value: Any) -> list[str]:
+    text = value if isinstance(value, str) else json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    return text.splitlines(keepends=True)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] -> '1-3, 5'."""
+    parts: list[str] = []
+    for n in numbers:
+        if parts and n == int(parts[-1].split("-")[-1]) + 1:
+            parts[-1] = f"{parts[-1].split('-')[0]}-{n}"
+        else:
+            parts.append(str(n))
+    return ", ".join(parts)
