@@ -28,7 +28,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import redact
+from selfmcp import redact, serverlock
 from selfmcp.errors import error_body
 from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
@@ -451,7 +451,12 @@ def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Serve (no arguments), or run a command of the `selfmcp` command line (`python3 server.py list`)."""
     args = sys.argv[1:] if argv is None else argv
+    if args and args != ["--reset-owner-password"]:
+        from selfmcp import cli
+
+        return cli.main(args)
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
@@ -465,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
     # must not write into the protocol stream.
     protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None
+    serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))

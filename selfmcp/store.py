@@ -82,6 +82,9 @@ class Statements:
     def core_ids(self) -> set[int]:
         return {r[0] for r in self.conn.execute("select id from skills where is_core = 1")}
 
+    def active_ids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("select id from skills where is_active = 1 order by id")]
+
     def count_active(self) -> int:
         return self.conn.execute("select count(*) from skills where is_active = 1").fetchone()[0]
 
