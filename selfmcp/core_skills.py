@@ -13,11 +13,15 @@ from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (
-        "selfMCP is a Python project: server.py (MCP wiring and settings), skills.py (registry logic), db.py "
-        "(SQLite schema and migrations), embeddings.py and static_embedder.py (embedders, vector index), "
-        "executor.py (subprocess runner and sandbox), depenv.py (dependency environments), redact.py, "
-        "oauth.py/consent.py/http_security.py (remote sign-in and transport safety), skillmd.py, "
-        "credentials.py, core_skills.py. `python3 server.py` starts it."
+        "selfMCP is a Python project. Entry modules: server.py (settings, the eight MCP tools, the one "
+        "conversion of failures into the error payload, start-up), skills.py (the registry's use cases and "
+        "validation), db.py (SQLite schema as named migrations, the one connection policy), embeddings.py "
+        "(embedders) and executor.py (subprocess runner and sandbox). Below skills.py the selfmcp/ package has "
+        "one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, scoring, "
+        "re-embedding), runtime.py (runs and their history), errors.py (the error shape and codes), depenv.py "
+        "(dependency environments), redact.py, credentials.py, schemas.py, skillmd.py, core_skills.py, "
+        "embedders/, and remote/ (OAuth server, consent page, HTTP guard, transports). Imports flow one way: "
+        "server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it."
     ),
     "interface": (
         "MCP only: there is no web UI besides the OAuth consent page. Clients (Claude Desktop, Claude.ai, "

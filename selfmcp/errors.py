@@ -101,7 +101,8 @@ CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skil
                                "Core skills stay in the registry; update their body or description instead.")
 CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",
                                "Core skills keep their names; leave name out of the update.")
-MissingCredentials = _error("MissingCredentials", "missing_credentials", "")
+MissingCredentials = _error("MissingCredentials", "missing_credentials",
+                            "Call skill_auth_url for how to supply the missing credentials, then run it again.")
 NoAuthConfig = _error("NoAuthConfig", "no_auth_config",
                       "This skill declares no auth_config, so it needs no setup; call skill_execute directly.")
 NotExecutable = _error("NotExecutable", "not_executable",
