@@ -28,7 +28,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import redact, serverlock
+from selfmcp import cli, redact, serverlock
 from selfmcp.errors import error_body
 from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
@@ -241,6 +241,7 @@ class SelfMCPServer(MCPServer):
 # ------------------------------------------------------------------------------- tools
 
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
+Version = Annotated[int | None, Field(ge=1, description="A version number, from skill_get_detail's `versions`.")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -300,22 +301,14 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         dependencies: Annotated[list[str] | None, Field(description="New list of pip requirements.")] = None,
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
-        restore_version: Annotated[int | None, Field(description=(
-            "Make this earlier version's content current again, as a new version (alone, without field "
-            "changes). History is never rewritten."), ge=1)] = None,
-        expected_version: Annotated[int | None, Field(description=(
-            "The version you read; if the skill has changed since, nothing is written and the error is "
-            "version_conflict. Pass it whenever you edit from a version you read."), ge=1)] = None,
+        restore_version: Version = None, expected_version: Version = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
-        Or roll back: restore_version=N makes version N's content current as a new version (see the
-        history with skill_get_detail(include_history=true)). Pass expected_version (the version you
-        read) so a concurrent edit is never overwritten. The previous content stays in the history.
-        Returns {id, name, version, previous_version, updated_fields, restored_from?}. Errors:
-        skill_not_found, nothing_to_update, version_conflict (with current_version; re-read and retry),
-        version_not_found, cannot_rename_core_skill, skill_exists (name taken), invalid_argument, and the
-        validation codes of skill_create.
+        With expected_version (the version you read) nothing is written if the skill changed since: version_conflict
+        gives current_version; re-read, retry. restore_version=N alone makes version N's content a new version. Returns
+        {id, name, version, previous_version, updated_fields, restored_from?}. Errors: skill_not_found,
+        version_conflict, version_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists, invalid_*.
         """
         return registry.update(skill_id, name=name, description=description, body=body,
                                dependencies=dependencies, auth_config=auth_config, params_schema=params_schema,
@@ -371,23 +364,13 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     @tool(READ_ONLY)
     def skill_get_detail(
         skill_id: SkillId,
-        version: Annotated[int | None, Field(description=(
-            "Return this earlier version's full content instead of the current one."), ge=1)] = None,
-        include_history: Annotated[bool, Field(description=(
-            "Add `history`: every version's number, time, change and changed fields, body size."))] = False,
-        diff_from: Annotated[int | None, Field(description=(
-            "Add `diff`: unified diffs from this version to the one returned (current, or `version`)."),
-            ge=1)] = None,
+        version: Version = None, include_history: bool = False, diff_from: Version = None,
     ) -> dict[str, Any]:
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
-        Call it before skill_execute to learn what params the skill reads, or to reuse its code; pass
-        its `version` as skill_update's expected_version when you edit it. Returns the record with
-        `versions` (the version numbers kept). For history: version=N returns version N's content with
-        historical=true and current_version; include_history=true adds `history` [{version, changed_at,
-        change, changed_fields, size, restored_from?}]; diff_from=A adds `diff` {from_version,
-        to_version, changed_fields, diffs: {field: unified diff}} (body and each other changed field).
-        Errors: skill_not_found, version_not_found.
+        Read it before skill_execute (what params it reads) or to reuse its code. Also returns `versions`. version=N:
+        that version's content (historical=true). include_history: adds `history` [{version, changed_at, change,
+        changed_fields, size}]. diff_from=A: adds `diff` (unified diffs). Errors: skill_not_found, version_not_found.
         """
         return registry.get_detail(skill_id, version=version, include_history=include_history, diff_from=diff_from)
 
@@ -453,20 +436,13 @@ def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Serve (no arguments), or run a command of the `selfmcp` command line (`python3 server.py list`)."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args != ["--reset-owner-password"]:
-        from selfmcp import cli
-
-        return cli.main(args)
+    if args:  # a `selfmcp` command (selfmcp/cli), with what only this entry builds: settings, registry, serving
+        return cli.main(args, cli.Backend(Settings.from_env, ConfigError, create_server, main))
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args == ["--reset-owner-password"]:
-        password = oauth.reset_owner_password(settings.db_path)
-        print(f"New owner password for {settings.db_path}: {password}\n"
-              "Every OAuth client is signed out and must sign in again with it.")
-        return 0
     # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
     # must not write into the protocol stream.
     protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None

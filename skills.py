@@ -206,7 +206,6 @@ class Registry:
                                   skill_id=row["id"])
             if row is not None:
                 skill_id, version, status = row["id"], row["version"] + 1, "reactivated"
-                tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
                 tx.reactivate_skill(skill_id, values, version=version, is_core=is_core, now=now)
             else:
                 version, status = 1, "created"
@@ -219,11 +218,6 @@ class Registry:
     def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
                dependencies: Any = None, auth_config: Any = None, params_schema: Any = None,
                restore_version: Any = None, expected_version: Any = None) -> dict[str, Any]:
-        """Patch the given fields, or make `restore_version`'s content current, as a new version.
-
-        With `expected_version`, the write happens only if the skill is still at that version when
-        the write transaction holds the lock; otherwise VersionConflict and nothing changes.
-        """
         patch: dict[str, Any] = {}
         parsed = None
         if name is not None:
@@ -239,20 +233,13 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if restore_version is not None and patch:
-            raise InvalidArgument("restore_version cannot be combined with field changes.",
-                                  hint="Restore first (restore_version alone), then update the fields.")
-        if expected_version is not None:
-            expected_version = history.check_version_number(expected_version, "expected_version")
+        expected_version = history.check_update(patch, restore_version, expected_version)
         if not patch and restore_version is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
-            history.check_expected(current, expected_version)
-            if restore_version is not None:
-                patch = history.restore_patch(history.version_row(tx, skill_id, restore_version, "restore_version"))
-                parsed = skillmd.parse_body(patch["body"])
+            patch, parsed = history.prepare_update(tx, current, patch, parsed, restore_version, expected_version)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
         new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
@@ -271,8 +258,7 @@ class Registry:
                     raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
                                       hint="Choose another name; deleted skills keep their names for reactivation.",
                                       skill_id=clash["id"])
-            changed = (sorted(f for f, c in history.FIELDS.items() if row[c] != patch[c]) if restore_version
-                       is not None else sorted(k.removesuffix("_json") for k in patch))
+            changed = history.changed_fields(row, patch, restored=restore_version is not None)
             tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
             tx.patch_skill(skill_id, patch, now=now)
             new = tx.skill(skill_id)
@@ -289,11 +275,8 @@ class Registry:
             self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
         if entry.vector is not None or stale:
             self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
-        result = {"id": skill_id, "name": new["name"], "version": new["version"],
-                  "previous_version": row["version"], "updated_fields": changed}
-        if restore_version is not None:
-            result["restored_from"] = restore_version
-        return result
+        return {"id": skill_id, "name": new["name"], "version": new["version"], "previous_version": row["version"],
+                "updated_fields": changed, **({"restored_from": restore_version} if restore_version else {})}
 
     def delete(self, skill_id: Any) -> dict[str, Any]:
         now = now_text()
@@ -323,27 +306,13 @@ class Registry:
 
     def get_detail(self, skill_id: Any, *, version: Any = None, include_history: bool = False,
                    diff_from: Any = None) -> dict[str, Any]:
-        """The current record; with `version`, that version's content (marked historical) instead; with
-        `include_history`, a compact list of every version; with `diff_from`, a diff from it to the shown version."""
+        """The current record, or `version`'s (historical); `include_history`/`diff_from` add history/a diff."""
         if self._runtime is not None:
             self._runtime.flush_history()
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
-            versions = tx.version_numbers(skill_id)
-            runs = run_stats(tx, skill_id)
-            extras = history.detail_extras(tx, skill_id, row, version=version, include_history=include_history,
-                                           diff_from=diff_from)
-        if "content" in extras:
-            return {**extras.pop("content"), "versions": versions, **extras}
-        return {
-            "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
-            "dependencies": _loads(row["dependencies_json"], []),
-            "auth_config": _loads(row["auth_config_json"], None),
-            "params_schema": _loads(row["params_schema_json"], None),
-            "version": row["version"], "is_core": bool(row["is_core"]),
-            "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs, **extras,
-        }
+            return history.detail(tx, row, run_stats(tx, row["id"]), version=version,
+                                  include_history=include_history, diff_from=diff_from)
 
     def count_active(self) -> int:
         with self.store.read() as tx:

@@ -16,6 +16,7 @@ import json
 import sqlite3
 from typing import Any
 
+from selfmcp import skillmd
 from selfmcp.errors import InvalidArgument, VersionConflict, VersionNotFound
 from selfmcp.store import Statements
 
@@ -65,15 +66,52 @@ def field_values(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def restore_patch(row: sqlite3.Row) -> dict[str, Any]:
-    """Column -> value that makes a skill's content equal to the version in `row`."""
-    return {column: row[column] for column in FIELDS.values()}
+def check_update(patch: dict[str, Any], restore_version: Any, expected_version: Any) -> int | None:
+    """Refuse a restore mixed with field changes; return `expected_version` checked (None: not given)."""
+    if restore_version is not None and patch:
+        raise InvalidArgument("restore_version cannot be combined with field changes.",
+                              hint="Restore first (restore_version alone), then update the fields.")
+    return None if expected_version is None else check_version_number(expected_version, "expected_version")
 
 
-def content(skill_id: int, row: sqlite3.Row, current_version: int) -> dict[str, Any]:
-    """One version's full content; `historical` is true unless it is the current version."""
-    return {"id": skill_id, **field_values(row), "version": row["version"], "current_version": current_version,
-            "historical": row["version"] != current_version, "changed_at": row["changed_at"]}
+def prepare_update(tx: Statements, current: sqlite3.Row, patch: dict[str, Any], parsed: skillmd.ParsedBody | None,
+                   restore_version: Any, expected_version: int | None) -> tuple[dict[str, Any], Any]:
+    """Check `expected_version` against the skill read; for a restore, the patch (column -> value of every
+    field) that makes its content `restore_version`'s, and that body parsed. Else `patch` and `parsed` as given."""
+    check_expected(current, expected_version)
+    if restore_version is None:
+        return patch, parsed
+    row = version_row(tx, current["id"], restore_version, "restore_version")
+    return {column: row[column] for column in FIELDS.values()}, skillmd.parse_body(row["body"])
+
+
+def changed_fields(row: sqlite3.Row, patch: dict[str, Any], *, restored: bool) -> list[str]:
+    """The fields an update names (a restore: the fields whose value it changes), sorted."""
+    if restored:
+        return sorted(f for f, column in FIELDS.items() if row[column] != patch[column])
+    return sorted(column.removesuffix("_json") for column in patch)
+
+
+def detail(tx: Statements, skill: sqlite3.Row, runs: dict[str, Any], *, version: Any = None,
+           include_history: bool = False, diff_from: Any = None) -> dict[str, Any]:
+    """skill_get_detail's answer: the skill's current record, or with `version` that version's content
+    (`historical` unless it is the current one); `include_history` adds `history`, `diff_from` a `diff`."""
+    skill_id, versions = skill["id"], tx.version_numbers(skill["id"])
+    target = version_row(tx, skill_id, version) if version is not None else None
+    if target is None:
+        out = {"id": skill_id, **field_values(skill), "version": skill["version"], "is_core": bool(skill["is_core"]),
+               "created_at": skill["created_at"], "updated_at": skill["updated_at"], "versions": versions,
+               "runs": runs}
+    else:
+        out = {"id": skill_id, **field_values(target), "version": target["version"],
+               "current_version": skill["version"], "historical": target["version"] != skill["version"],
+               "changed_at": target["changed_at"], "versions": versions}
+    if include_history:
+        out["history"] = summaries(tx, skill_id)
+    if diff_from is not None:
+        old = version_row(tx, skill_id, diff_from, "diff_from")
+        out["diff"] = diff(old, target if target is not None else version_row(tx, skill_id, skill["version"]))
+    return out
 
 
 def summaries(tx: Statements, skill_id: int) -> list[dict[str, Any]]:
@@ -103,22 +141,6 @@ def diff(old: sqlite3.Row, new: sqlite3.Row) -> dict[str, Any]:
         diffs[field] = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
                                for line in lines)
     return {"from_version": a, "to_version": b, "changed_fields": list(diffs), "diffs": diffs}
-
-
-def detail_extras(tx: Statements, skill_id: int, current: sqlite3.Row, *, version: int | None,
-                  include_history: bool, diff_from: int | None) -> dict[str, Any]:
-    """What skill_get_detail adds for `version`, `include_history` and `diff_from` (empty when none is given)."""
-    extras: dict[str, Any] = {}
-    target = version_row(tx, skill_id, version) if version is not None else None
-    if target is not None:
-        extras["content"] = content(skill_id, target, current["version"])
-    if include_history:
-        extras["history"] = summaries(tx, skill_id)
-    if diff_from is not None:
-        old = version_row(tx, skill_id, diff_from, "diff_from")
-        new = target if target is not None else version_row(tx, skill_id, current["version"])
-        extras["diff"] = diff(old, new)
-    return extras
 
 
 def _lines(value: Any) -> list[str]:

@@ -1,8 +1,9 @@
 """The `selfmcp` command line against temporary databases: each command, human and --json output, exit codes.
 
-Most commands run in-process through `cli.main` (the same function the console script calls); the
-entry points (`python3 -m selfmcp`, `python3 server.py COMMAND`, `selfmcp serve`) and everything that
-involves a running server use real processes.
+Most commands run in-process through `server.main(argv)` (what `python3 server.py COMMAND` runs: the
+CLI with the settings and registry only server.py builds); the other entry points (`python3 -m selfmcp`,
+`selfmcp serve`, re-executing through server.py) and everything that involves a running server use
+real processes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from mcp import Client
 
 import db
+import server
 from conftest import ROOT, Server, clean_env, payload, run_server
 from selfmcp import cli
 from selfmcp.remote import oauth
@@ -43,9 +45,9 @@ def dbfile(tmp_path):
 
 
 def selfmcp(capsys, *argv: str) -> tuple[int, str, str]:
-    """Run `selfmcp ARGV` in-process: (exit code, stdout, stderr)."""
+    """Run `python3 server.py ARGV` in-process: (exit code, stdout, stderr)."""
     try:
-        code = cli.main(list(argv))
+        code = server.main(list(argv))
     except SystemExit as exc:  # argparse: --help (0) and usage errors (2)
         code = exc.code
     out = capsys.readouterr()
@@ -92,13 +94,17 @@ def test_the_readme_says_why_this_cli_library_was_chosen():
     assert "argparse" in section and "click" in section and "typer" in section and "tqdm" in section
 
 
-def test_entry_points_run_the_command_line(tmp_path, dbfile):
+def test_entry_points_run_the_command_line(tmp_path, dbfile, adder):
     env = clean_env(SELFMCP_DB_PATH=str(dbfile))
     for argv in ([sys.executable, "-m", "selfmcp", "--help"], [sys.executable, "server.py", "--help"]):
         proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "reset-owner-password" in proc.stdout, proc.stderr
-    proc = subprocess.run([sys.executable, "server.py", "list"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=60)
+    for argv in ([sys.executable, "server.py", "--json", "show", "adder"],  # in-process, with the backend
+                 [sys.executable, "-m", "selfmcp", "--json", "show", "adder"]):  # re-executed through server.py
+        proc = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and json.loads(proc.stdout)["body"] == ADDER, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "selfmcp", "list"], cwd=ROOT, env=clean_env(SELFMCP_DB_PATH=str(
+        tmp_path / "none.db")), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "No database" in proc.stderr and proc.stdout == ""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["selfmcp"] == "selfmcp.cli:main"

@@ -1,4 +1,4 @@
-"""The commands of `selfmcp` (see selfmcp/cli.py for the registry, output and exit codes).
+"""The commands of `selfmcp` (see base.py for the command registry, output and exit codes).
 
 Each is one `@command` function: its docstring is its --help, its body calls the registry or the
 store. Imports stay inside the functions, so a command loads only what it uses.
@@ -7,14 +7,22 @@ store. Imports stay inside the functions, so a command loads only what it uses.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import functools
 import json
 import os
+import secrets
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from selfmcp.cli import FAILURE, OK, CommandFailed, Context, Table, UsageError, arg, command, progress
+import db
+from selfmcp import serverlock, skillmd
+
+from selfmcp.cli.base import FAILURE, OK, CommandFailed, Context, Table, UsageError, arg, command, progress
 
 SKILL = arg("skill", metavar="SKILL", help="the skill's id or name")
 FORCE = "--force"
@@ -30,14 +38,13 @@ def serve(ctx: Context, args: argparse.Namespace) -> int:
 
     Every other setting comes from the SELFMCP_* environment variables (see the README).
     """
+    backend = ctx.require_backend()
     os.environ["SELFMCP_DB_PATH"] = str(ctx.db_path)
     for name, value in (("SELFMCP_TRANSPORT", args.transport), ("SELFMCP_HOST", args.host),
                         ("SELFMCP_PORT", args.port)):
         if value is not None:
             os.environ[name] = str(value)
-    import server
-
-    return server.main([])
+    return backend.serve([])
 
 
 # ------------------------------------------------------------------------------ reading skills
@@ -102,7 +109,6 @@ def run(ctx: Context, args: argparse.Namespace) -> Any:
         params = json.loads(args.params)
     except json.JSONDecodeError as exc:
         raise UsageError("invalid_params", f"--params is not JSON: {exc}.", "Pass a JSON object, e.g. '{\"a\": 1}'.")
-    import functools
 
     import anyio
 
@@ -160,8 +166,6 @@ def rollback(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
 
 def _read_source(path: Path) -> tuple[str, dict[str, Any], list[str]]:
     """(body, what the file says about itself: name/description, requirements) of a file or a skill folder."""
-    from selfmcp import skillmd
-
     requirements: list[str] = []
     if path.is_dir():
         folder = path
@@ -182,7 +186,6 @@ def _read_source(path: Path) -> tuple[str, dict[str, Any], list[str]]:
     if parsed.is_markdown:
         meta = {k: v for k, v in parsed.frontmatter.items() if k in ("name", "description") and isinstance(v, str)}
     else:
-        import ast
 
         meta["name"] = path.stem
         try:
@@ -237,9 +240,6 @@ def delete(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_file(path: Path) -> dict[str, Any]:
     """Integrity, schema version and skill count of a database file (read only)."""
-    import contextlib
-    import sqlite3
-
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
             integrity = [r[0] for r in conn.execute("pragma integrity_check")]
@@ -261,11 +261,6 @@ def backup(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
     The copy is one snapshot (every write committed before it started), checked with PRAGMA
     integrity_check before it replaces FILE.
     """
-    import contextlib
-    import sqlite3
-
-    import db
-
     ctx.require_database()
     target = Path(args.file)
     if target.exists() and not args.force:
@@ -294,8 +289,6 @@ def restore(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
     The current content is first saved beside it as <db>.before-restore. A running server is detected
     by the lock it holds on <db>.serving; stop it first (or pass --force, and restart it after).
     """
-    from selfmcp import serverlock
-
     source = Path(args.file)
     if not source.is_file():
         raise CommandFailed("file_not_found", f"No backup at {str(source)!r}.", "Check the path.")
@@ -315,10 +308,7 @@ def restore(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _restore(db_path: Path, source: Path) -> str | None:
-    import contextlib
-    import sqlite3
 
-    import db
 
     saved = None
     if db_path.exists():
@@ -359,9 +349,6 @@ def doctor(ctx: Context, args: argparse.Namespace) -> Any:
 
     Exits 1 when a check fails; a warning alone exits 0.
     """
-    import db
-    from selfmcp import serverlock
-
     checks: list[dict[str, str]] = []
 
     def add(check: str, status: str, detail: str) -> None:
@@ -459,8 +446,6 @@ def token(ctx: Context, args: argparse.Namespace) -> Any:
     server's environment is defined (Replit Secrets, the service unit, the client configs) and restart
     the server; the old token stops working then.
     """
-    import secrets
-
     if args.rotate:
         new = secrets.token_urlsafe(32)
         if ctx.as_json:
