@@ -366,3 +366,23 @@ async def test_backup_while_a_server_writes_holds_every_acknowledged_skill(tmp_p
         assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
         names = {r[0] for r in conn.execute("select name from skills where is_active = 1")}
     assert len(before_backup) >= 20 and set(before_backup) <= names
+
+
+def test_writing_commands_print_aligned_fields_for_people(capsys, tmp_path, dbfile, adder):
+    source = tmp_path / "adder.py"
+    source.write_text(ADDER.replace("a + b", "a+b"))
+    db_args = ("--db", str(dbfile))
+    steps = [(("edit", "adder", "--description", "Add a and b."), r"^previous_version\s+1\n?"),
+             (("rollback", "adder", "1"), r"^restored_from\s+1$"),
+             (("backup", str(tmp_path / "b.db")), r"^integrity\s+ok$"),
+             (("delete", "adder"), r"^deleted\s+true$"),
+             (("create", str(source)), r"^status\s+reactivated$")]
+    for argv, pattern in steps:
+        code, out, err = selfmcp(capsys, *db_args, *argv)
+        assert code == 0 and re.search(pattern, out, re.M), (argv, out, err)
+    with contextlib.closing(db.connect(dbfile)) as conn:
+        conn.execute("insert into oauth_clients values ('c2', '{}', 1, null)")
+    code, out, _ = selfmcp(capsys, *db_args, "clients")
+    assert code == 0 and re.search(r"^c2\s+-\s+1970-01-01 00:00:01Z\s+never\s+0\s+-$", out, re.M)
+    code, out, _ = selfmcp(capsys, *db_args, "revoke", "c2")
+    assert code == 0 and re.search(r"^revoked\s+c2$", out, re.M)
