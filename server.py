@@ -242,6 +242,7 @@ class SelfMCPServer(MCPServer):
 
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
 Version = Annotated[int | None, Field(ge=1, description="A version number, from skill_get_detail's `versions`.")]
+WithHistory = Annotated[bool, Field(description="Add `history`: each version's number, time, change and size.")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -362,10 +363,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         return registry.list_summary(limit, cursor)
 
     @tool(READ_ONLY)
-    def skill_get_detail(
-        skill_id: SkillId,
-        version: Version = None, include_history: bool = False, diff_from: Version = None,
-    ) -> dict[str, Any]:
+    def skill_get_detail(skill_id: SkillId, version: Version = None, include_history: WithHistory = False,
+                         diff_from: Version = None) -> dict[str, Any]:
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Read it before skill_execute (what params it reads) or to reuse its code. Also returns `versions`. version=N:

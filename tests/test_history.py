@@ -220,6 +220,7 @@ async def test_history_walk_through_a_real_client(tmp_path, transport, mode):
         assert body["current_version"] == 4
         missing = await client.call_tool("skill_get_detail", {"skill_id": sid, "version": 99})
         assert_error(missing, "version_not_found")
+        assert_error(await client.call_tool("skill_update", {"skill_id": sid, "restore_version": 0}), "invalid_argument")
         after = await call("skill_get_detail", skill_id=sid, include_history=True)
         assert (after["body"], after["version"], len(after["history"])) == ("print('a')\n", 4, 4)
 
