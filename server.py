@@ -3,7 +3,8 @@
 `Settings.from_env()` reads every SELFMCP_* setting; `create_server()` builds the MCPServer
 whose eight tools call `skills.Registry`; `SelfMCPServer.call_tool` is the one place where a
 failure becomes the error payload; `main()` picks the transport. Run it with `python3 server.py`
-(streamable HTTP on 0.0.0.0:8000/mcp by default) or `SELFMCP_TRANSPORT=stdio python3 server.py`.
+(streamable HTTP on 0.0.0.0:8000/mcp by default) or `SELFMCP_TRANSPORT=stdio python3 server.py`;
+`python3 server.py COMMAND` runs the `selfmcp` command line (selfmcp/cli) with this module's settings.
 """
 
 from __future__ import annotations
