@@ -4,9 +4,13 @@ Every write records the skill's new row in `skill_versions` (append only: a rest
 version with an old version's content). This module turns those rows into what the registry
 returns; it reads through `Statements` and writes nothing.
 
+    detail     -> skill_get_detail's record: the current one, or one version's (marked `historical`)
     summaries  -> [{version, changed_at, change, changed_fields, size, restored_from?}]
-    content    -> one version's full record, marked `historical` unless it is the current one
     diff       -> {from_version, to_version, changed_fields, diffs: {field: unified diff}}
+
+It also holds skill_update's version rules: `expected_version` (checked by the registry once before
+its embedding work and again inside the write transaction, so a stale writer never wins) and the
+patch that restores a version.
 """
 
 from __future__ import annotations
