@@ -115,3 +115,7 @@ VersionNotFound = _error("VersionNotFound", "version_not_found",
 VersionConflict = _error("VersionConflict", "version_conflict",
                          "Re-read the skill with skill_get_detail, apply your change to its current version, and "
                          "call skill_update again with expected_version set to that version.")
+SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
+                            "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
+                            "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "
+                            "SELFMCP_HOST=127.0.0.1.")
