@@ -3,8 +3,7 @@
 `Settings.from_env()` reads every SELFMCP_* setting; `create_server()` builds the MCPServer
 whose eight tools call `skills.Registry`; `SelfMCPServer.call_tool` is the one place where a
 failure becomes the error payload; `main()` picks the transport. Run it with `python3 server.py`
-(streamable HTTP on 0.0.0.0:8000/mcp by default) or `SELFMCP_TRANSPORT=stdio python3 server.py`;
-`python3 server.py COMMAND` runs the `selfmcp` command line (selfmcp/cli) with this module's settings.
+(streamable HTTP on 0.0.0.0:8000/mcp by default) or `SELFMCP_TRANSPORT=stdio python3 server.py`.
 """
 
 from __future__ import annotations
@@ -250,7 +249,6 @@ class SelfMCPServer(MCPServer):
 
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
 Version = Annotated[int | None, Field(ge=1, description="A version number, from skill_get_detail's `versions`.")]
-WithHistory = Annotated[bool, Field(description="Add `history`: each version's number, time, change and size.")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -293,11 +291,10 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     ) -> dict[str, Any]:
         """Store a new skill in the registry so it can be found and run in any later session.
 
-        Call this only after skill_search found nothing suitable. Returns {id, name, version, status}
-        where status is "created", or "reactivated" when a deleted skill had this name (same id,
-        history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
-        invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
-        invalid_params_schema.
+        Call this only after skill_search found nothing suitable. Returns {id, name, version, status} where status is
+        "created", or "reactivated" when a deleted skill had this name (same id, history kept, version continues).
+        Errors: skill_exists, invalid_name, invalid_description, invalid_body, invalid_code (syntax error, with the
+        line), invalid_dependency, invalid_auth_config, invalid_params_schema.
         """
         return registry.create(name, description, body, dependencies, auth_config, params_schema)
 
@@ -314,10 +311,9 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
-        With expected_version (the version you read) nothing is written if the skill changed since: version_conflict
-        gives current_version; re-read, retry. restore_version=N alone makes version N's content a new version. Returns
-        {id, name, version, previous_version, updated_fields, restored_from?}. Errors: skill_not_found,
-        version_conflict, version_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists, invalid_*.
+        Pass expected_version (the version you read): if it changed, nothing is written (version_conflict).
+        restore_version=N alone makes version N's content the new version. Returns {id, name, version, previous_version,
+        updated_fields}. Errors: skill_not_found, version_conflict, version_not_found, skill_exists, invalid_*.
         """
         return registry.update(skill_id, name=name, description=description, body=body,
                                dependencies=dependencies, auth_config=auth_config, params_schema=params_schema,
@@ -343,15 +339,14 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     ) -> dict[str, Any]:
         """Run a skill's Python code in an isolated subprocess and return what it printed.
 
-        Read the skill with skill_get_detail first to know its params (and params_schema, checked before
-        the run). The first run of a skill with dependencies installs them, with progress notifications;
-        later runs reuse them. Each run gets a fresh working directory, limits on time, memory and
-        output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns
-        {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated,
-        stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero exit_code or
-        timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
-        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout,
-        invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
+        Read the skill with skill_get_detail first to know its params (and params_schema, checked before the run). The
+        first run of a skill with dependencies installs them, with progress notifications; later runs reuse them. Each
+        run gets a fresh working directory, limits on time, memory and output, and the server's environment; secret
+        values are shown as [REDACTED:NAME]. Returns {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes,
+        stderr_bytes, stdout_truncated, stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero
+        exit_code or timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
+        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout, invalid_dependency,
+        dependency_install_failed (with `installer_tail`), not_executable.
         """
         return await registry.execute(skill_id, params, timeout,
                                       progress=ctx.report_progress if ctx is not None else None)
@@ -371,13 +366,12 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         return registry.list_summary(limit, cursor)
 
     @tool(READ_ONLY)
-    def skill_get_detail(skill_id: SkillId, version: Version = None, include_history: WithHistory = False,
+    def skill_get_detail(skill_id: SkillId, version: Version = None, include_history: bool = False,
                          diff_from: Version = None) -> dict[str, Any]:
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
-        Read it before skill_execute (what params it reads) or to reuse its code. Also returns `versions`. version=N:
-        that version's content (historical=true). include_history: adds `history` [{version, changed_at, change,
-        changed_fields, size}]. diff_from=A: adds `diff` (unified diffs). Errors: skill_not_found, version_not_found.
+        Read it before skill_execute or to reuse its code. version=N: that version's content (historical=true);
+        include_history adds `history`; diff_from=A adds `diff`. Errors: skill_not_found, version_not_found.
         """
         return registry.get_detail(skill_id, version=version, include_history=include_history, diff_from=diff_from)
 
@@ -441,7 +435,6 @@ def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve (no arguments), or run a command of the `selfmcp` command line (`python3 server.py list`)."""
     args = sys.argv[1:] if argv is None else argv
     if args:  # a `selfmcp` command (selfmcp/cli), with what only this entry builds: settings, registry, serving
         return cli.main(args, cli.Backend(Settings.from_env, ConfigError, create_server, main))
