@@ -168,21 +168,6 @@ class CgroupSlots:
                         os.rmdir(os.path.join(parent, name))
         return None
 
-    def enter(self, slot: int, session: int, deadline_s: float = 2.0) -> bool:
-        """Move every process of `session` into the slot, until a pass finds no new one."""
-        moved: set[int] = set()
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            new = [p for p in _session_members(session) if p not in moved]
-            if not new:
-                return True
-            for pid in new:
-                for path in self.slots[slot]:
-                    with contextlib.suppress(ProcessLookupError):
-                        _write(os.path.join(path, "cgroup.procs"), str(pid))
-                moved.add(pid)
-        return False
-
     def members(self, slot: int) -> list[int]:
         pids: set[int] = set()
         for path in self.slots[slot]:
@@ -244,22 +229,6 @@ def _v1_parents(root: str) -> list[str]:
             return []
         parents.append(os.path.join(base, own.lstrip("/")))
     return parents
-
-
-def _session_members(session: int) -> list[int]:
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                stat_line = fh.read()
-        except OSError:
-            continue
-        fields = stat_line[stat_line.rindex(b")") + 2:].split()
-        if int(fields[3]) == session and fields[0] not in (b"Z", b"X"):
-            found.append(int(name))
-    return found
 
 
 def _write(path: str, text: str) -> None:

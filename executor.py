@@ -69,7 +69,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # `_c`: unmarshalled from what the server compiled when the interpreter is the server's
 # own (a first compile() in a fresh interpreter costs ~2 ms), else compiled from source.
 _PRELUDE = """\
-{gate}{landlock}import resource as _r, sys as _s
+{landlock}import resource as _r, sys as _s
 for _k, _v in ({limits}):
     _h = _r.getrlimit(_k)[1]
     _v = _v if _h == _r.RLIM_INFINITY else min(_v, _h)
@@ -95,11 +95,9 @@ _LOAD_MARSHAL = """import marshal
 with open({code_path!r}, "rb") as _f:
     _c = marshal.loads(_f.read())
 del marshal"""
-_GATE = """import os as _o
-_o.read({fd}, 1)
-_o.close({fd})
-del _o
-"""
+# The run's first process joins its slot's cgroups ("0" moves the writer) and then becomes the
+# run, so every process the run starts is born inside them: no race, no /proc scan.
+_JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; exec "$@"'
 _PARAMS_FILE = """import os as _o
 with open({path!r}, encoding="utf-8") as _f:
     _o.environ["SELFMCP_PARAMS"] = _f.read()
@@ -485,18 +483,14 @@ class Runner:
             params = _PARAMS_FILE.format(path=params_path)
         mode = self.sandbox.mode
         uid = self.uids.for_slot(slot) if self.uids is not None else None
-        gate_r = gate_w = None
         pass_fds: list[int] = []
-        if self.cgroups is not None:
-            gate_r, gate_w = os.pipe()
-            pass_fds.append(gate_r)
         landlock = ""
         if mode == "landlock":
             ruleset = self._ruleset(python, read_only)
             pass_fds.append(ruleset)
             landlock = confine.LANDLOCK_PRELUDE.format(fd=ruleset)
         prelude = _PRELUDE.format(
-            gate=_GATE.format(fd=gate_r) if gate_r is not None else "", landlock=landlock,
+            landlock=landlock,
             limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script, workdir=workdir,
             load=load, params=params, site=_SITE if mode == "landlock" else "")
         argv = [python, "-S", "-c", prelude] if mode == "landlock" else [python, "-c", prelude]
@@ -508,24 +502,14 @@ class Runner:
                 mounts = self._mounts[key] = bwrap_mounts(self.sandbox, python=python, read_only=read_only)
             drop = setpriv_argv(self.sandbox.setpriv, uid) if self.sandbox.setpriv and uid is not None else []
             argv = [*mounts, *bwrap_workdir(workdir, self.limits.workdir_mb), *drop, *argv]
+        if self.cgroups is not None:
+            dirs = self.cgroups.slots[slot]
+            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(dirs)), *dirs, *argv]
         since = _boot_ticks()
         loop = asyncio.get_running_loop()
-        try:
-            proc = subprocess.Popen(argv, cwd=workdir, env=child_env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                    pass_fds=pass_fds)
-        finally:
-            if gate_r is not None:
-                os.close(gate_r)
-        if gate_w is not None:
-            assert self.cgroups is not None
-            try:
-                if not self.cgroups.enter(slot, proc.pid):
-                    log.warning("a run's processes could not all be moved into its cgroup")
-            finally:
-                with contextlib.suppress(OSError):
-                    os.write(gate_w, b"1")
-                os.close(gate_w)
+        proc = subprocess.Popen(argv, cwd=workdir, env=child_env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                pass_fds=pass_fds)
         watch = _Watch(proc, self.limits.max_output_bytes or sys.maxsize, loop)
         marker = f"{RUN_ID_VAR}={token}".encode()
         timed_out = False
