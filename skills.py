@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, history, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, history, schemas, skillmd
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
@@ -190,11 +190,12 @@ class Registry:
 
     # -- writes
 
-    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None,
-               auth_config: Any = None, params_schema: Any = None, *, is_core: bool = False) -> dict[str, Any]:
+    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None, auth_config: Any = None,
+               params_schema: Any = None, *, files: Any = None, is_core: bool = False) -> dict[str, Any]:
         name = validate_name(name)
         description = validate_description(description)
         parsed = validate_body(body)
+        file_map = folders.validate_folder(files, body)
         values = (description, body, json.dumps(validate_dependencies(dependencies)),
                   _json_or_none(validate_auth_config(auth_config)), _json_or_none(validate_params_schema(params_schema)))
         entry = self.search_index.prepare(name, description, parsed.frontmatter)
@@ -210,12 +211,13 @@ class Registry:
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
+            folders.write_files(tx, name, skill_id, file_map)
             tx.record_version(skill_id, now=now, change=status)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
-    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
+    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None, files: Any = None,
                dependencies: Any = None, auth_config: Any = None, params_schema: Any = None,
                restore_version: Any = None, expected_version: Any = None) -> dict[str, Any]:
         patch: dict[str, Any] = {}
@@ -233,8 +235,8 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        expected_version = history.check_update(patch, restore_version, expected_version)
-        if not patch and restore_version is None:
+        expected_version = history.check_update(bool(patch) or files is not None, restore_version, expected_version)
+        if not patch and files is None and restore_version is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
@@ -242,6 +244,7 @@ class Registry:
             patch, parsed = history.prepare_update(tx, current, patch, parsed, restore_version, expected_version)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
+        new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
         new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
         frontmatter = (parsed or skillmd.parse_body(current["body"])).frontmatter
         entry = self.search_index.prepare(new_name, new_description, frontmatter, embed=False)
@@ -261,9 +264,9 @@ class Registry:
             changed = history.changed_fields(row, patch, restored=restore_version is not None)
             tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
             tx.patch_skill(skill_id, patch, now=now)
+            folders.write_files(tx, patch.get("name"), skill_id, new_files)
             new = tx.skill(skill_id)
-            tx.record_version(skill_id, now=now, change="restored" if restore_version is not None else "updated",
-                              restored_from=restore_version)
+            tx.record_version(skill_id, now=now, restored_from=restore_version)
             if (new["name"], new["description"], new["body"]) != (new_name, new_description,
                                                                    patch.get("body", current["body"])):
                 # A concurrent update changed the text between our read and this transaction.
@@ -311,8 +314,9 @@ class Registry:
             self._runtime.flush_history()
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
-            return history.detail(tx, row, run_stats(tx, row["id"]), version=version,
-                                  include_history=include_history, diff_from=diff_from)
+            out = history.detail(tx, row, run_stats(tx, row["id"]), version=version, include_history=include_history,
+                                 diff_from=diff_from)
+        return out if version is not None else {**out, **folders.detail(row)}
 
     def count_active(self) -> int:
         with self.store.read() as tx:
@@ -400,12 +404,10 @@ class Registry:
             raise MissingCredentials(f"Skill {row['name']!r} needs {', '.join(missing)}, which "
                                      f"{'is' if len(missing) == 1 else 'are'} not set on the server.",
                                      hint=hint, missing=missing)
-        code = skillmd.parse_body(row["body"]).code
-        if code is None:
-            raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        return PreparedRun(row["id"], row["name"], row["version"], code, params_json, timeout_s,
+        run, files = folders.SkillFolders(self.store).runnable(row)
+        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json, timeout_s,
                            tuple(_loads(row["dependencies_json"], [])),
-                           tuple(credentials.required_env_vars(auth)))
+                           tuple(credentials.required_env_vars(auth)), files=files, script=run.script)
 
     async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
                       progress: Progress | None = None) -> dict[str, Any]:

@@ -27,8 +27,8 @@ from selfmcp.store import Statements
 # Public field name -> column; the JSON columns are compared and shown as pretty JSON.
 FIELDS: dict[str, str] = {"name": "name", "description": "description", "body": "body",
                           "dependencies": "dependencies_json", "auth_config": "auth_config_json",
-                          "params_schema": "params_schema_json"}
-_JSON_DEFAULTS: dict[str, Any] = {"dependencies": [], "auth_config": None, "params_schema": None}
+                          "params_schema": "params_schema_json", "files": "files_json"}
+_JSON_DEFAULTS: dict[str, Any] = {"dependencies": [], "auth_config": None, "params_schema": None, "files": []}
 
 
 def check_version_number(value: Any, argument: str) -> int:
@@ -60,7 +60,7 @@ def version_row(tx: Statements, skill_id: int, version: int, argument: str = "ve
 
 
 def field_values(row: sqlite3.Row) -> dict[str, Any]:
-    """The six content fields of a skill or version row, JSON columns decoded."""
+    """The content fields of a skill or version row (`files`: the manifest [{path, size, digest}]), JSON decoded."""
     out: dict[str, Any] = {}
     for field, column in FIELDS.items():
         value = row[column]
@@ -70,9 +70,9 @@ def field_values(row: sqlite3.Row) -> dict[str, Any]:
     return out
 
 
-def check_update(patch: dict[str, Any], restore_version: Any, expected_version: Any) -> int | None:
+def check_update(changes: bool, restore_version: Any, expected_version: Any) -> int | None:
     """Refuse a restore mixed with field changes; return `expected_version` checked (None: not given)."""
-    if restore_version is not None and patch:
+    if restore_version is not None and changes:
         raise InvalidArgument("restore_version cannot be combined with field changes.",
                               hint="Restore first (restore_version alone), then update the fields.")
     return None if expected_version is None else check_version_number(expected_version, "expected_version")
