@@ -251,3 +251,17 @@ async def test_two_clients_editing_the_same_version_at_once_one_wins_each_time(t
         history = payload(await b.call_tool("skill_get_detail", {"skill_id": sid, "include_history": True}))
     assert [h["version"] for h in history["history"]] == list(range(1, rounds + 2))
     assert history["version"] == rounds + 1
+
+
+def test_a_restore_brings_back_the_versions_files(reg):
+    sid = reg.create("with_files", "A skill with a data file.", "print(open('data.csv').read())",
+                     files={"data.csv": "a,b\n1,2\n"})["id"]
+    reg.update(sid, files={"data.csv": "a,b\n3,4\n", "notes.md": "new"})
+    history = reg.get_detail(sid, include_history=True)["history"]
+    assert history[1]["changed_fields"] == ["files"]
+    diff = reg.get_detail(sid, diff_from=1)["diff"]
+    assert diff["changed_fields"] == ["files"] and "notes.md" in diff["diffs"]["files"]
+    assert reg.update(sid, restore_version=1)["updated_fields"] == ["files"]
+    detail = reg.get_detail(sid)
+    assert [f["path"] for f in detail["files"]] == ["data.csv"]
+    assert detail["files"] == reg.get_detail(sid, version=1)["files"]
