@@ -386,3 +386,24 @@ def test_writing_commands_print_aligned_fields_for_people(capsys, tmp_path, dbfi
     assert code == 0 and re.search(r"^c2\s+-\s+1970-01-01 00:00:01Z\s+never\s+0\s+-$", out, re.M)
     code, out, _ = selfmcp(capsys, *db_args, "revoke", "c2")
     assert code == 0 and re.search(r"^revoked\s+c2$", out, re.M)
+
+
+def test_import_and_export_agent_skills_folders(capsys, tmp_path, dbfile, adder):
+    source = tmp_path / "skills"
+    (source / "csv-tools" / "scripts").mkdir(parents=True)
+    (source / "csv-tools" / "SKILL.md").write_text("---\nname: csv-tools\ndescription: Convert CSV files.\n---\n\n"
+                                                   "Run scripts/main.py.\n")
+    (source / "csv-tools" / "scripts" / "main.py").write_text("print('converted')\n")
+    (source / "broken").mkdir()
+    (source / "broken" / "SKILL.md").write_text("---\nname: broken\n---\n\nNo description.\n")
+    report = as_json(capsys, "--db", str(dbfile), "import", str(source), code=1)  # one skill refused
+    assert report["added"] == ["csv-tools"] and [r["skill"] for r in report["refused"]] == ["broken"]
+    code, out, _ = selfmcp(capsys, "--db", str(dbfile), "import", str(source / "csv-tools"))
+    assert code == 0 and re.search(r"^unchanged\s+csv-tools", out, re.M)
+    assert selfmcp(capsys, "--db", str(dbfile), "run", "csv-tools")[:2] == (0, "converted\n")
+
+    exported = as_json(capsys, "--db", str(dbfile), "export", str(tmp_path / "out"))
+    assert "csv-tools" in exported["exported"]
+    assert (tmp_path / "out" / "csv-tools" / "scripts" / "main.py").read_text() == "print('converted')\n"
+    code, out, _ = selfmcp(capsys, "--db", str(dbfile), "export", str(tmp_path / "out2"))
+    assert code == 0 and re.search(r"^exported\s+4$", out, re.M)  # two core skills, adder, csv-tools

@@ -236,6 +236,53 @@ def delete(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
     return ctx.registry().delete(ctx.skill_id(args.skill))
 
 
+# ------------------------------------------------------------------------------ Agent Skills folders
+
+def _step_bar(what: str) -> Any:
+    """A progress callback (done, total, label) for transfer.py, drawing a bar on a terminal."""
+    bars: list[Any] = []
+
+    def step(done: int, total: int, label: str) -> None:
+        if not bars:
+            bars.append(progress(total, what))
+        bars[0].set_postfix_str(label, refresh=False)
+        bars[0].update(done - bars[0].n)
+        if done == total:
+            bars[0].close()
+    return step
+
+
+@command("import", arg("source", metavar="SOURCE", help="a folder, a .zip/.skill archive, or a git repository URL"),
+         arg("--ref", help="the git ref to check out (a tag, branch or commit)"))
+def import_skills(ctx: Context, args: argparse.Namespace) -> Any:
+    """Import Agent Skills folders (SKILL.md and files) from a folder, an archive or a git repository.
+
+    Each skill is checked before anything of it is written; a refused skill is listed with its reason
+    and the command exits 1. A skill already present with the same content is left unchanged.
+    """
+    from selfmcp import transfer
+
+    report = transfer.import_source(ctx.registry(create=True), args.source, ref=args.ref,
+                                    progress=_step_bar("importing"))
+    if ctx.as_json:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+    else:
+        rows = [{"outcome": k, "skill": n} for k in ("added", "updated", "unchanged") for n in report[k]]
+        rows += [{"outcome": "refused", "skill": r["skill"], "reason": f"{r['error']}: {r['reason']}"}
+                 for r in report["refused"]]
+        print(Table(("outcome", "skill", "reason"), rows, limit=100).render())
+    return FAILURE if report["refused"] else OK
+
+
+@command("export", arg("directory", metavar="DIRECTORY", help="where to write one folder per skill"))
+def export_skills(ctx: Context, args: argparse.Namespace) -> dict[str, Any]:
+    """Write every active skill as an Agent Skills folder (SKILL.md and its files) under DIRECTORY."""
+    from selfmcp import transfer
+
+    report = transfer.export_all(ctx.registry(), args.directory, progress=_step_bar("exporting"))
+    return report if ctx.as_json else {**report, "exported": len(report["exported"])}
+
+
 # ------------------------------------------------------------------------------ database upkeep
 
 def _check_file(path: Path) -> dict[str, Any]:
