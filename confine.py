@@ -7,6 +7,8 @@ executor.py combines these pieces into the sandbox a run gets:
 - `RunUids`: when the server runs as root, each concurrency slot runs as its own
   unprivileged uid (and installs as another), so kernel permissions keep runs away from
   /etc/shadow, root-owned files and each other, and every process of a run can be found by uid.
+- `kill_run()`: every process of a run found (session, process group, or its token in the
+  environment) and killed, until none is left.
 - `CgroupSlots`: one cgroup per slot (v2, or the v1 memory and pids hierarchies), bounding the
   TOTAL memory and the number of processes of a run, and listing every process it started.
 - `Landlock`: where neither bubblewrap nor another uid is available (an unprivileged
@@ -108,6 +110,104 @@ def processes_of_uid(uid: int) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# ----------------------------------------------------------------------- run processes
+
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# How long the kill loop may go on before giving up on a process that will not die.
+_KILL_DEADLINE_S = 2.0
+
+def boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/<pid>/stat uses for start times."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLK_TCK)
+
+
+def _last_pid() -> int | None:
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as fh:
+            return int(fh.read())
+    except (OSError, ValueError):
+        return None
+
+
+def find_run_processes(session: int, token: bytes, since_ticks: int, *,
+                       pid_range: tuple[int, int] | None = None) -> list[int]:
+    """Live processes that belong to a run: in its session or process group, or carrying its token.
+
+    The token check reads /proc/<pid>/environ only of processes started since the run
+    began. With `pid_range` only those pids are looked at (a cheap pass for a run that
+    ended by itself; pids are handed out in increasing order).
+    """
+    me = os.getpid()
+    found: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return found
+    for name in names:
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid == me or (pid_range is not None and not pid_range[0] <= pid <= pid_range[1]):
+            continue
+        stat = _read_proc(name, "stat")
+        if stat is None:
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            continue
+        if int(fields[2]) == session or int(fields[3]) == session:
+            found.append(pid)
+            continue
+        if int(fields[19]) + 1 < since_ticks:
+            continue
+        environ = _read_proc(name, "environ")
+        if environ is not None and token in environ:
+            found.append(pid)
+    return found
+
+
+def _read_proc(pid: str, entry: str) -> bytes | None:
+    """/proc/<pid>/<entry>, or None when the process is gone or not ours to read."""
+    try:
+        with open(f"/proc/{pid}/{entry}", "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def kill_run(session: int, token: bytes, since_ticks: int, *, thorough: bool,
+             deadline_s: float = _KILL_DEADLINE_S) -> int:
+    """SIGKILL every process of a run until none is left; return how many were signalled.
+
+    `thorough` looks at every process in /proc; otherwise only at the pids handed out
+    since the run's first process (enough for a run that ended by itself). Synchronous
+    on purpose: it must also complete when the caller is being cancelled.
+    """
+    signalled = 0
+    end = time.monotonic() + deadline_s
+    while True:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGKILL)
+        pid_range = None
+        if not thorough:
+            last = _last_pid()
+            if last == session:  # no process was started after the run's first: nothing can be left
+                return signalled
+            if last is not None and last > session:  # else the pid counter wrapped: look everywhere
+                pid_range = (session, last)
+        strays = find_run_processes(session, token, since_ticks, pid_range=pid_range)
+        if not strays:
+            return signalled
+        for pid in strays:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+                signalled += 1
+        if time.monotonic() > end:
+            log.warning("processes of a run survived SIGKILL for %.1f s: %s", deadline_s, strays[:20])
+            return signalled
+        time.sleep(0.001)
 
 
 # ----------------------------------------------------------------------------- cgroups

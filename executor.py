@@ -24,11 +24,9 @@ The skill's code, params and compiled code are written to `<workdir>/.in`, read-
 the sandbox; params longer than `_PARAMS_IN_ENV` reach SELFMCP_PARAMS through that file
 (Linux caps one environment string at 128 KiB).
 
-When the run ends (exit, timeout or the caller's cancellation) every process it
-started is killed: the process group, then any process found in /proc that belongs to
-the run's session or carries its token, repeated until none is left. A run that
-crashes, times out or is killed is a result, not an exception; cancellation is
-re-raised after the kill.
+Warm sandboxes: when a run ends, every free slot gets a sandbox started as a cold run's
+would be, with `_WARM_STUB` for a prelude; it serves one run (same interpreter, paths and
+environment, else it is discarded) and dies with it. See the README's "Execution".
 """
 
 from __future__ import annotations
@@ -58,10 +56,7 @@ _PARAMS_IN_ENV = 64 * 1024
 RUN_ID_VAR = "SELFMCP_RUN_ID"
 # How long to keep reading a finished run's pipes once its processes are killed.
 _DRAIN_AFTER_KILL_S = 0.5
-# How long the kill loop may go on before giving up on a process that will not die.
-_KILL_DEADLINE_S = 2.0
 _READ_CHUNK = 1 << 16
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # Runs in the skill's interpreter before its code: set the limits (soft = hard, so the
 # skill cannot raise them back; never above a hard limit the server already has), then
@@ -69,7 +64,7 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # `_c`: unmarshalled from what the server compiled when the interpreter is the server's
 # own (a first compile() in a fresh interpreter costs ~2 ms), else compiled from source.
 _PRELUDE = """\
-{landlock}import resource as _r, sys as _s
+import resource as _r, sys as _s
 for _k, _v in ({limits}):
     _h = _r.getrlimit(_k)[1]
     _v = _v if _h == _r.RLIM_INFINITY else min(_v, _h)
@@ -113,6 +108,37 @@ with open({path!r}, encoding="utf-8") as _f:
 del _o
 """
 _SITE = "import site as _site\n_site.main()\ndel _site\n"
+# A sandbox started ahead of its run waits here, not dumpable (no process of its uid reads its
+# environment), for its prelude on stdin; stdin is then /dev/null as in any run. It leaves after
+# {idle} s unused or when the server goes (stdin closes). Its run makes it dumpable again.
+_WARM_STUB = """\
+import ctypes as _ct, os as _o, select as _sl
+_l = _ct.CDLL(None)
+_l.prctl(4, 0, 0, 0, 0)
+if not _sl.select([0], [], [], {idle})[0]:
+    _o._exit(0)
+_b = []
+while _x := _o.read(0, 1 << 16):
+    _b.append(_x)
+_x = _o.open("/dev/null", _o.O_RDONLY)
+_o.dup2(_x, 0)
+_o.close(_x)
+if not _b:
+    _o._exit(0)
+_b = b"".join(_b)
+del _o, _sl, _x
+exec(compile(_b, "<string>", "exec"))
+"""
+# What a warm sandbox learns only with its run: where it works (outside bubblewrap) and its temp dirs.
+_WARM_HEADER = """\
+_l.prctl(4, 1, 0, 0, 0)
+del _b, _ct, _l
+import os as _o
+_o.environ.update({env!r})
+_o.chdir({workdir!r})
+del _o
+"""
+_WARM_IDLE_S = 60
 # Code larger than this is compiled in a worker thread rather than on the event loop.
 _INLINE_COMPILE_CHARS = 32 * 1024
 
@@ -127,6 +153,18 @@ class Limits:
     cpu_s: int | None = None  # None: the run's timeout, rounded up, plus one second
     processes: int = 128  # per run, in total (cgroup; else RLIMIT_NPROC of the slot's uid)
     workdir_mb: int = 256  # size of the working directory (a tmpfs under bubblewrap)
+
+
+@dataclass(frozen=True)
+class _Warm:
+    """A slot's sandbox started ahead of its run, for a run with this interpreter, paths and environment."""
+
+    proc: subprocess.Popen[bytes]
+    key: tuple[str, tuple[str, ...]]
+    env: Mapping[str, str]
+    token: str
+    since: int
+    workdir: str | None  # under bubblewrap its directory is mounted at start; else made with the run
 
 
 @dataclass
@@ -153,96 +191,9 @@ setpriv_argv, SANDBOX_MODES = confine.setpriv_argv, confine.SANDBOX_MODES
 
 # ---------------------------------------------------------------------- process control
 
-def _boot_ticks() -> int:
-    """Now, in the clock ticks since boot that /proc/<pid>/stat uses for start times."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _CLK_TCK)
-
-
-def _last_pid() -> int | None:
-    try:
-        with open("/proc/sys/kernel/ns_last_pid", "rb") as fh:
-            return int(fh.read())
-    except (OSError, ValueError):
-        return None
-
-
-def find_run_processes(session: int, token: bytes, since_ticks: int, *,
-                       pid_range: tuple[int, int] | None = None) -> list[int]:
-    """Live processes that belong to a run: in its session or process group, or carrying its token.
-
-    The token check reads /proc/<pid>/environ only of processes started since the run
-    began. With `pid_range` only those pids are looked at (a cheap pass for a run that
-    ended by itself; pids are handed out in increasing order).
-    """
-    me = os.getpid()
-    found: list[int] = []
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in names:
-        if not name.isdigit():
-            continue
-        pid = int(name)
-        if pid == me or (pid_range is not None and not pid_range[0] <= pid <= pid_range[1]):
-            continue
-        stat = _read_proc(name, "stat")
-        if stat is None:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if fields[0] in (b"Z", b"X"):
-            continue
-        if int(fields[2]) == session or int(fields[3]) == session:
-            found.append(pid)
-            continue
-        if int(fields[19]) + 1 < since_ticks:
-            continue
-        environ = _read_proc(name, "environ")
-        if environ is not None and token in environ:
-            found.append(pid)
-    return found
-
-
-def _read_proc(pid: str, entry: str) -> bytes | None:
-    """/proc/<pid>/<entry>, or None when the process is gone or not ours to read."""
-    try:
-        with open(f"/proc/{pid}/{entry}", "rb") as fh:
-            return fh.read()
-    except OSError:
-        return None
-
-
-def kill_run(session: int, token: bytes, since_ticks: int, *, thorough: bool,
-             deadline_s: float = _KILL_DEADLINE_S) -> int:
-    """SIGKILL every process of a run until none is left; return how many were signalled.
-
-    `thorough` looks at every process in /proc; otherwise only at the pids handed out
-    since the run's first process (enough for a run that ended by itself). Synchronous
-    on purpose: it must also complete when the caller is being cancelled.
-    """
-    signalled = 0
-    end = time.monotonic() + deadline_s
-    while True:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(session, signal.SIGKILL)
-        pid_range = None
-        if not thorough:
-            last = _last_pid()
-            if last == session:  # no process was started after the run's first: nothing can be left
-                return signalled
-            if last is not None and last > session:  # else the pid counter wrapped: look everywhere
-                pid_range = (session, last)
-        strays = find_run_processes(session, token, since_ticks, pid_range=pid_range)
-        if not strays:
-            return signalled
-        for pid in strays:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                signalled += 1
-        if time.monotonic() > end:
-            log.warning("processes of a run survived SIGKILL for %.1f s: %s", deadline_s, strays[:20])
-            return signalled
-        time.sleep(0.001)
+# Finding and killing every process of a run lives in confine.py.
+kill_run, find_run_processes, _boot_ticks = confine.kill_run, confine.find_run_processes, confine.boot_ticks
+_CLK_TCK = confine.CLK_TCK
 
 
 class _Capture:
@@ -361,7 +312,7 @@ class Runner:
     """Runs skills with the given limits and sandbox, at most `concurrency` at a time (one per slot)."""
 
     def __init__(self, *, limits: Limits | None = None, sandbox: Sandbox | None = None,
-                 concurrency: int = 4, tmp_root: str | None = None) -> None:
+                 concurrency: int = 4, tmp_root: str | None = None, prestart: bool = True) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency!r}")
         self.limits = limits or Limits()
@@ -383,32 +334,11 @@ class Runner:
         self._same_interpreter: dict[str, bool] = {}
         self._mounts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._rulesets: dict[tuple[str, tuple[str, ...]], int] = {}
-
-    def describe(self) -> dict[str, object]:
-        """Which protections and limits are in force, in words (for the start-up log and selfmcp_about)."""
-        lim = self.limits
-        isolation = {
-            "bwrap": "bubblewrap: own PID namespace, read-only system view, database and server directory hidden, "
-                     "read-only /dev and /proc/sys, /etc/shadow masked, no capabilities",
-            "landlock": "Landlock (no bubblewrap): database and server directory unreadable, writes only in the "
-                        "run's directory, no signals to the server; same PID namespace",
-            "none": "NONE: skills can read everything this server's user can, including the database",
-        }[self.sandbox.mode]
-        uid = (f"each run as its own unprivileged uid ({self.uids.for_slot(0)}-{self.uids.for_slot(self.concurrency - 1)})"
-               if self.uids else ("the server's uid (root, without capabilities)" if os.geteuid() == 0
-                                  else "the server's uid"))
-        if self.cgroups is not None:
-            totals = self.cgroups.describe()
-        elif self.uids is not None:
-            totals = (f"{lim.processes} processes per run (RLIMIT_NPROC of the run's uid); memory only per process "
-                      f"({lim.memory_mb} MiB each): no cgroup here")
-        else:
-            totals = (f"memory only per process ({lim.memory_mb} MiB each) and no total process bound: no cgroup "
-                      "here")
-        disk = (f"working directory a {lim.workdir_mb} MiB tmpfs" if self.sandbox.mode == "bwrap"
-                else f"working directory on disk, files up to {lim.file_size_mb} MiB each, no total bound")
-        return {"isolation": isolation, "uid": uid, "totals": totals, "disk": disk,
-                "server_environ": "unreadable to runs (the server is not dumpable)"}
+        # After a run, its slot's next sandbox is started at once (off the reply's path).
+        self.prestart = prestart
+        self._warm: dict[int, _Warm] = {}
+        self._closed = False
+        atexit.register(self.close)
 
     async def run(self, code: str, params_json: str, *, env: Mapping[str, str], timeout_s: float,
                   python: str = sys.executable, read_only: Sequence[str] = (),
@@ -428,7 +358,7 @@ class Runner:
         except TimeoutError:
             waited = round((time.perf_counter() - started) * 1000, 1)
             return ExecResult("", "", None, True, waited, queued_ms=waited, sandbox=self.sandbox.mode)
-        slot = self._free.pop()
+        slot = self._pick_slot()
         try:
             queued_ms = round((time.perf_counter() - started) * 1000, 1)
             result = await self._run(code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
@@ -444,7 +374,8 @@ class Runner:
     async def _run(self, code: str, params_json: str, *, env: Mapping[str, str], deadline: float,
                    timeout_s: float, python: str, read_only: Sequence[str], slot: int,
                    files: Mapping[str, bytes], script: str) -> ExecResult:
-        workdir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
+        warm = self._take_warm(slot, python, read_only, env)
+        workdir = warm.workdir if warm is not None and warm.workdir else self._new_workdir()
         try:
             if files:
                 # The skill's folder, its code at `script` included, under .in/files: the prelude copies
@@ -453,11 +384,19 @@ class Runner:
                                         {script: code.encode("utf-8"), **files})
             return await self._run_in(workdir, code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
                                       python=python, read_only=read_only, slot=slot,
-                                      script=script if files else None)
+                                      script=script if files else None, warm=warm)
         finally:
             # Every process of the run is dead: nothing can write there any more. Removing
             # it in a worker thread keeps the directory operations out of the reply's path.
-            asyncio.get_running_loop().run_in_executor(None, _remove_tree, workdir)
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, _remove_tree, workdir)
+            if self.prestart:  # the next runs find their sandboxes already started
+                loop.call_soon(self._prestart_free, python, tuple(read_only), dict(env))
+
+    def _new_workdir(self) -> str:
+        workdir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
+        os.mkdir(os.path.join(workdir, ".in"), 0o755)
+        return workdir
 
     def _ruleset(self, python: str, read_only: Sequence[str]) -> int:
         key = (python, tuple(read_only))
@@ -468,11 +407,44 @@ class Runner:
                 network=self.sandbox.network)
         return fd
 
+    def _spawn(self, first: str, *, python: str, read_only: Sequence[str], workdir: str | None, slot: int,
+               env: Mapping[str, str], stdin: int) -> tuple[subprocess.Popen[bytes], str, int]:
+        """Start `first` (a prelude, or the warm stub) in the slot's sandbox; return it, its token and start."""
+        token = secrets.token_hex(12)
+        child_env = {**env, "PYTHONUNBUFFERED": "1", RUN_ID_VAR: token}
+        if workdir is not None:
+            child_env.update(TMPDIR=workdir, TMP=workdir, TEMP=workdir)
+        mode = self.sandbox.mode
+        uid = self.uids.for_slot(slot) if self.uids is not None else None
+        pass_fds: list[int] = []
+        landlock = ""
+        if mode == "landlock":
+            ruleset = self._ruleset(python, read_only)
+            pass_fds.append(ruleset)
+            landlock = confine.LANDLOCK_PRELUDE.format(fd=ruleset)
+        argv = [python, "-S", "-c", landlock + first] if mode == "landlock" else [python, "-c", first]
+        if mode == "bwrap":
+            assert workdir is not None
+            child_env["HOME"] = workdir  # the real home is not visible (or writable) in the sandbox
+            key = (python, tuple(read_only))
+            mounts = self._mounts.get(key)
+            if mounts is None:
+                mounts = self._mounts[key] = bwrap_mounts(self.sandbox, python=python, read_only=read_only)
+            drop = setpriv_argv(self.sandbox.setpriv, uid) if self.sandbox.setpriv and uid is not None else []
+            argv = [*mounts, *bwrap_workdir(workdir, self.limits.workdir_mb), *drop, *argv]
+        if self.cgroups is not None:
+            dirs = self.cgroups.slots[slot]
+            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(dirs)), *dirs, *argv]
+        since = _boot_ticks()
+        proc = subprocess.Popen(argv, cwd=workdir or self.tmp_root, env=child_env, stdin=stdin,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                pass_fds=pass_fds)
+        return proc, token, since
+
     async def _run_in(self, workdir: str, code: str, params_json: str, *, env: Mapping[str, str],
                       deadline: float, timeout_s: float, python: str, read_only: Sequence[str],
-                      slot: int, script: str | None) -> ExecResult:
+                      slot: int, script: str | None, warm: _Warm | None) -> ExecResult:
         inputs = os.path.join(workdir, ".in")
-        os.makedirs(inputs, 0o755, exist_ok=True)
         code_file = os.path.join(inputs, "skill.py")
         with open(code_file, "w", encoding="utf-8") as fh:
             fh.write(code)
@@ -495,47 +467,32 @@ class Runner:
                 with open(code_path, "wb") as fh:
                     fh.write(compiled)
                 load = _LOAD_MARSHAL.format(code_path=code_path)
-        token = secrets.token_hex(12)
-        child_env = {**env, "PYTHONUNBUFFERED": "1", RUN_ID_VAR: token, "TMPDIR": workdir, "TMP": workdir,
-                     "TEMP": workdir}
         params = ""
-        if len(params_json) <= _PARAMS_IN_ENV:
-            child_env["SELFMCP_PARAMS"] = params_json
-        else:
+        if warm is not None or len(params_json) > _PARAMS_IN_ENV:
             params_path = os.path.join(inputs, "params.json")
             with open(params_path, "w", encoding="utf-8") as fh:
                 fh.write(params_json)
             params = _PARAMS_FILE.format(path=params_path)
         mode = self.sandbox.mode
         uid = self.uids.for_slot(slot) if self.uids is not None else None
-        pass_fds: list[int] = []
-        landlock = ""
-        if mode == "landlock":
-            ruleset = self._ruleset(python, read_only)
-            pass_fds.append(ruleset)
-            landlock = confine.LANDLOCK_PRELUDE.format(fd=ruleset)
-        prelude = _PRELUDE.format(
-            landlock=landlock,
+        header = "" if warm is None else _WARM_HEADER.format(
+            workdir=workdir, env={} if mode == "bwrap" else {"TMPDIR": workdir, "TMP": workdir, "TEMP": workdir})
+        prelude = header + _PRELUDE.format(
             limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script,
             script_dir=workdir if not files else os.path.dirname(script), files=files,
             load=load, params=params, site=_SITE if mode == "landlock" else "")
-        argv = [python, "-S", "-c", prelude] if mode == "landlock" else [python, "-c", prelude]
-        if mode == "bwrap":
-            child_env["HOME"] = workdir  # the real home is not visible (or writable) in the sandbox
-            key = (python, tuple(read_only))
-            mounts = self._mounts.get(key)
-            if mounts is None:
-                mounts = self._mounts[key] = bwrap_mounts(self.sandbox, python=python, read_only=read_only)
-            drop = setpriv_argv(self.sandbox.setpriv, uid) if self.sandbox.setpriv and uid is not None else []
-            argv = [*mounts, *bwrap_workdir(workdir, self.limits.workdir_mb), *drop, *argv]
-        if self.cgroups is not None:
-            dirs = self.cgroups.slots[slot]
-            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(dirs)), *dirs, *argv]
-        since = _boot_ticks()
         loop = asyncio.get_running_loop()
-        proc = subprocess.Popen(argv, cwd=workdir, env=child_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                                pass_fds=pass_fds)
+        if warm is None:
+            run_env = {**env, "SELFMCP_PARAMS": params_json} if not params else env
+            proc, token, since = self._spawn(prelude, python=python, read_only=read_only, workdir=workdir,
+                                             slot=slot, env=run_env, stdin=subprocess.DEVNULL)
+        else:
+            proc, token, since = warm.proc, warm.token, warm.since
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):  # if it died meanwhile, the run reports how
+                proc.stdin.write(prelude.encode("utf-8"))
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         watch = _Watch(proc, self.limits.max_output_bytes or sys.maxsize, loop)
         marker = f"{RUN_ID_VAR}={token}".encode()
         timed_out = False
@@ -557,6 +514,63 @@ class Runner:
             stdout_bytes=out.total, stderr_bytes=err.total, stdout_truncated=out.truncated,
             stderr_truncated=err.truncated, sandbox=self.sandbox.mode,
         )
+
+    # -- warm sandboxes: a slot's next sandbox starts when its run ends, and serves one run only
+
+    def _pick_slot(self) -> int:
+        """A free slot: the one whose sandbox was started first (most likely ready), else any."""
+        ready = [s for s in self._free if s in self._warm]
+        slot = min(ready, key=lambda s: self._warm[s].since) if ready else self._free[-1]
+        self._free.remove(slot)
+        return slot
+
+    def _prestart_free(self, python: str, read_only: tuple[str, ...], env: dict[str, str]) -> None:
+        """Start a sandbox in every free slot that has none, for runs like the one that just ended."""
+        for slot in list(self._free):
+            self._prestart(slot, python, read_only, env)
+
+    def _prestart(self, slot: int, python: str, read_only: tuple[str, ...], env: dict[str, str]) -> None:
+        if self._closed or slot not in self._free or slot in self._warm:
+            return  # the slot is busy (that run starts the next one) or already has one
+        workdir = self._new_workdir() if self.sandbox.mode == "bwrap" else None
+        try:
+            proc, token, since = self._spawn(_WARM_STUB.format(idle=_WARM_IDLE_S), python=python,
+                                             read_only=read_only, workdir=workdir, slot=slot, env=env,
+                                             stdin=subprocess.PIPE)
+        except OSError as exc:
+            log.warning("could not start a sandbox ahead of a run: %s", exc)
+            if workdir is not None:
+                _remove_tree(workdir)
+            return
+        self._warm[slot] = _Warm(proc, (python, read_only), env, token, since, workdir)
+
+    def _take_warm(self, slot: int, python: str, read_only: Sequence[str], env: Mapping[str, str]) -> _Warm | None:
+        """The slot's started sandbox when it fits this run (same interpreter, paths and environment)."""
+        warm = self._warm.pop(slot, None)
+        if warm is None:
+            return None
+        fresh = _boot_ticks() - warm.since < (_WARM_IDLE_S - 10) * _CLK_TCK  # not about to leave by itself
+        if warm.key == (python, tuple(read_only)) and warm.env == env and fresh and warm.proc.poll() is None:
+            return warm
+        self._discard(warm, slot)
+        return None
+
+    def _discard(self, warm: _Warm, slot: int) -> None:
+        self._kill(warm.proc.pid, f"{RUN_ID_VAR}={warm.token}".encode(), warm.since, slot, None, thorough=False)
+        for stream in (warm.proc.stdin, warm.proc.stdout, warm.proc.stderr):
+            if stream is not None:
+                stream.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            warm.proc.wait(1)
+        if warm.workdir is not None:
+            _remove_tree(warm.workdir)
+
+    def close(self) -> None:
+        """Stop the sandboxes started ahead of runs (also done at exit)."""
+        self._closed = True
+        for slot, warm in list(self._warm.items()):
+            del self._warm[slot]
+            self._discard(warm, slot)
 
     def _kill(self, session: int, marker: bytes, since: int, slot: int, uid: int | None, *, thorough: bool) -> None:
         kill_run(session, marker, since, thorough=thorough)

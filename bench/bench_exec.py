@@ -9,7 +9,7 @@ script's interpreter (as in the harness). The ratio is median execute / median s
 
 `--order blocks` (the harness's order) runs every execute, then every spawn;
 `--order interleaved` alternates them, so a change of load on a shared machine hits
-both sides alike. `--sandbox` sets SELFMCP_SANDBOX (auto, bwrap or none).
+both sides alike. `--sandbox` sets SELFMCP_SANDBOX (auto, bwrap, landlock or none).
 
 Command (from the repository root)::
 
@@ -104,7 +104,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description="skill_execute round trip against a bare Python spawn")
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--sandbox", choices=("auto", "bwrap", "none"), default="none")
+    ap.add_argument("--sandbox", choices=("auto", "bwrap", "landlock", "none"), default="none")
     ap.add_argument("--order", choices=("blocks", "interleaved"), default="blocks")
     ap.add_argument("--server-python", default=sys.executable, help="interpreter that runs server.py")
     ap.add_argument("--cwd", type=Path, default=REPO, help="directory holding the server.py to measure")

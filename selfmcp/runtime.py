@@ -116,7 +116,7 @@ class Runtime:
                 "concurrency": self.config.concurrency, "env_dir": str(self.envs.root),
                 "installer": self.envs.installer, "redacted_variables": len(self.redactor.names),
                 "source_builds": self.config.allow_source_builds, "refused": self.refuses_runs,
-                "in_force": self.runner.describe() | {
+                "in_force": in_force(self.runner) | {
                     "server_environ": "unreadable to runs (the server is not dumpable)" if self.not_dumpable
                     else "READABLE by runs of the server's uid (prctl failed)"}}
 
@@ -209,6 +209,33 @@ class Runtime:
             out["note"] = (f"Output beyond {self.config.max_output_bytes} bytes per stream was dropped; "
                            "stdout_bytes and stderr_bytes say how much the skill wrote.")
         return out
+
+
+def in_force(runner: executor.Runner) -> dict[str, object]:
+    """Which protections and limits a runner puts in force, in words (start-up log, selfmcp_about)."""
+    lim = runner.limits
+    isolation = {
+        "bwrap": "bubblewrap: own PID namespace, read-only system view, database and server directory hidden, "
+                 "read-only /dev and /proc/sys, /etc/shadow masked, no capabilities",
+        "landlock": "Landlock (no bubblewrap): database and server directory unreadable, writes only in the "
+                    "run's directory, no signals to the server; same PID namespace",
+        "none": "NONE: skills can read everything this server's user can, including the database",
+    }[runner.sandbox.mode]
+    uids = runner.uids
+    uid = (f"each run as its own unprivileged uid ({uids.for_slot(0)}-{uids.for_slot(runner.concurrency - 1)})"
+           if uids else ("the server's uid (root, without capabilities)" if os.geteuid() == 0 else "the server's uid"))
+    if runner.cgroups is not None:
+        totals = runner.cgroups.describe()
+    elif runner.uids is not None:
+        totals = (f"{lim.processes} processes per run (RLIMIT_NPROC of the run's uid); memory only per process "
+                  f"({lim.memory_mb} MiB each): no cgroup here")
+    else:
+        totals = (f"memory only per process ({lim.memory_mb} MiB each) and no total process bound: no cgroup "
+                  "here")
+    disk = (f"working directory a {lim.workdir_mb} MiB tmpfs" if runner.sandbox.mode == "bwrap"
+            else f"working directory on disk, files up to {lim.file_size_mb} MiB each, no total bound")
+    return {"isolation": isolation, "uid": uid, "totals": totals, "disk": disk,
+            "server_environ": "unreadable to runs (the server is not dumpable)"}
 
 
 def run_stats(tx: Statements, skill_id: int) -> dict[str, Any]:
