@@ -79,6 +79,31 @@ def _url_password(value: str) -> str | None:
     return urllib.parse.unquote(password) if password else None
 
 
+def _trie_pattern(values: Iterable[str]) -> str:
+    """One regex for `values`, as a trie: the longest value at a position wins, as with a
+    longest-first alternation, but each position costs a few character tests rather than one
+    attempt per value (a flat alternation of 20 secrets' encodings took ~1 s per MiB)."""
+    trie: dict[str, Any] = {}
+    for value in values:
+        node = trie
+        for char in value:
+            node = node.setdefault(char, {})
+        node[""] = {}  # a value ends here
+
+    def build(node: dict[str, Any]) -> str:
+        run = ""
+        while len(node) == 1 and "" not in node:  # a chain without a branch: one literal
+            ((char, node),) = node.items()
+            run += char
+        branches = [re.escape(char) + build(child) for char, child in sorted(node.items()) if char]
+        if not branches:
+            return re.escape(run)
+        group = branches[0] if len(branches) == 1 and "" not in node else f"(?:{'|'.join(branches)})"
+        return re.escape(run) + (f"{group}?" if "" in node else group)
+
+    return build(trie)
+
+
 class Redactor:
     """Replaces known secret values, in any of their `encodings()`, in text by `[REDACTED:NAME]`."""
 
@@ -94,7 +119,7 @@ class Redactor:
         self._raw = sorted(raw.items(), key=lambda item: (-len(item[0]), item[1]))
         self._secrets = sorted(by_value.items(), key=lambda item: (-len(item[0]), item[0]))
         self._names = dict(self._secrets)
-        self._pattern = re.compile("|".join(re.escape(v) for v, _ in self._secrets)) if self._secrets else None
+        self._pattern = re.compile(_trie_pattern(self._names)) if self._secrets else None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Redactor:

@@ -445,6 +445,22 @@ def test_redaction_hides_longest_values_first_and_a_secret_cut_by_truncation():
         "MY_API_KEY"]
 
 
+def test_redaction_finds_what_a_longest_first_alternation_finds():
+    import random
+    import re
+
+    rng = random.Random(9)
+    r = redact.Redactor([(f"K{i}_API_KEY", rng.randbytes(12).hex()) for i in range(12)]
+                        + [("A_TOKEN", "abcdefgh"), ("B_TOKEN", "abcdefgh-12345678"), ("C_TOKEN", "abcdefgx")])
+    values = sorted(r._names, key=lambda v: (-len(v), v))
+    flat = re.compile("|".join(re.escape(v) for v in values))
+    for _ in range(2000):
+        parts = [v if (k := rng.random()) < 0.4 else v[:rng.randint(1, len(v))] if k < 0.7 else rng.randbytes(3).hex()
+                 for v in rng.choices(values, k=rng.randint(1, 6))]
+        text = "".join(parts)
+        assert r.redact(text) == flat.sub(lambda m: f"[REDACTED:{r._names[m.group(0)]}]", text), text
+
+
 @pytest.fixture
 def log_output() -> Any:
     stream, previous = io.StringIO(), logging.getLogRecordFactory()
