@@ -112,10 +112,10 @@ _SITE = "import site as _site\n_site.main()\ndel _site\n"
 # environment), for its prelude on stdin; stdin is then /dev/null as in any run. It leaves after
 # {idle} s unused or when the server goes (stdin closes). Its run makes it dumpable again.
 _WARM_STUB = """\
-import ctypes as _ct, os as _o, select as _sl
+import ctypes as _ct, os as _o, select as _sl, resource as _rs, marshal as _ms  # the prelude's, loaded early
 _l = _ct.CDLL(None)
 _l.prctl(4, 0, 0, 0, 0)
-if not _sl.select([0], [], [], {idle})[0]:
+{site}if not _sl.select([0], [], [], {idle})[0]:
     _o._exit(0)
 _b = []
 while _x := _o.read(0, 1 << 16):
@@ -126,7 +126,7 @@ _o.close(_x)
 if not _b:
     _o._exit(0)
 _b = b"".join(_b)
-del _o, _sl, _x
+del _o, _sl, _x, _rs, _ms
 exec(compile(_b, "<string>", "exec"))
 """
 # What a warm sandbox learns only with its run: where it works (outside bubblewrap) and its temp dirs.
@@ -480,7 +480,7 @@ class Runner:
         prelude = header + _PRELUDE.format(
             limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script,
             script_dir=workdir if not files else os.path.dirname(script), files=files,
-            load=load, params=params, site=_SITE if mode == "landlock" else "")
+            load=load, params=params, site=_SITE if mode == "landlock" and warm is None else "")
         loop = asyncio.get_running_loop()
         if warm is None:
             run_env = {**env, "SELFMCP_PARAMS": params_json} if not params else env
@@ -534,7 +534,8 @@ class Runner:
             return  # the slot is busy (that run starts the next one) or already has one
         workdir = self._new_workdir() if self.sandbox.mode == "bwrap" else None
         try:
-            proc, token, since = self._spawn(_WARM_STUB.format(idle=_WARM_IDLE_S), python=python,
+            stub = _WARM_STUB.format(idle=_WARM_IDLE_S, site=_SITE if self.sandbox.mode == "landlock" else "")
+            proc, token, since = self._spawn(stub, python=python,
                                              read_only=read_only, workdir=workdir, slot=slot, env=env,
                                              stdin=subprocess.PIPE)
         except OSError as exc:
