@@ -28,9 +28,9 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import redact
+from selfmcp import redact, secrets_cli
 from selfmcp.errors import error_body
-from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
+from selfmcp.remote import consent, http_security, oauth, secrets_page, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
 
@@ -65,6 +65,7 @@ class Settings:
     auth_token: str | None = None
     auth: str = "none"  # oauth | token | none; from_env() picks oauth for a non-loopback bind
     owner_password: str | None = None
+    secret_key: str | None = None  # SELFMCP_SECRET_KEY: the vault key (else a key file beside the database)
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -101,6 +102,7 @@ class Settings:
             use_litellm=bool(env.get("OPENAI_API_KEY") or env.get("SELFMCP_USE_LITELLM")),
             log_level=level,
             environ=env,
+            secret_key=env.get("SELFMCP_SECRET_KEY") or None,
             **_remote_settings(env, transport, host, port),
             execution=_execution_settings(env),
         )
@@ -249,13 +251,15 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     if registry is None:
         embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm,
                                                    api_base=settings.embed_api_base)
-        registry = skills.Registry(settings.db_path, embedder, environ=settings.environ, execution=settings.execution)
+        registry = skills.Registry(settings.db_path, embedder, environ=settings.environ, execution=settings.execution,
+                                   secret_key=settings.secret_key)
         registry.seed_core_skills()
     remote = oauth.RemoteAuth.create(
         settings.auth if settings.transport != "stdio" else "none", base_url=settings.base_url,
         mcp_path="/sse" if settings.transport == "sse" else "/mcp", database=registry.store.db,
         auth_token=settings.auth_token, owner_password=settings.owner_password)
     mcp = SelfMCPServer(registry, remote, log_level=settings.log_level)
+    page = secrets_page.attach(mcp, registry, remote, settings.owner_password, served=settings.transport != "stdio")
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -336,12 +340,13 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns
         {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated,
         stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero exit_code or
-        timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
-        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout,
+        timed_out=true is a result, not an error. When a key is missing and the client supports URL-mode
+        elicitation, the user is asked to enter it on this server's page and the run goes on. Errors:
+        skill_not_found, missing_credentials (with `missing`, and `url`: show it to the user, then run again;
+        or call skill_auth_url), invalid_params (with `path`), invalid_timeout,
         invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
         """
-        return await registry.execute(skill_id, params, timeout,
-                                      progress=ctx.report_progress if ctx is not None else None)
+        return await secrets_page.run_asking_for_secrets(registry, page, ctx, skill_id, params, timeout)
 
     @tool(READ_ONLY)
     def skill_list_summary(
@@ -432,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args[:1] == ["secrets"]:
+        return secrets_cli.main(args[1:], db_path=settings.db_path, secret_key=settings.secret_key)
     if args == ["--reset-owner-password"]:
         password = oauth.reset_owner_password(settings.db_path)
         print(f"New owner password for {settings.db_path}: {password}\n"

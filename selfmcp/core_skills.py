@@ -7,9 +7,14 @@ renamed. Their bodies are standalone scripts: they run in a subprocess like any 
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
+from typing import TYPE_CHECKING
 
 from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
+
+if TYPE_CHECKING:
+    from selfmcp.vault import Vault
 
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (
@@ -132,8 +137,18 @@ _ENV_KEYS_BODY = textwrap.dedent('''\
              for name, service in sorted(KNOWN_SERVICES.items())}
     detected = sorted(name for name in os.environ
                       if name not in KNOWN_SERVICES and PATTERN.match(name) and os.environ.get(name))
-    print(json.dumps({"known_services": known, "detected_credential_env_vars": detected}, indent=2))
+    vault = json.loads(os.environ.get("SELFMCP_VAULT_ENTRIES") or "[]")
+    print(json.dumps({"known_services": known, "detected_credential_env_vars": detected,
+                      "vault_entries": vault}, indent=2))
 ''')
+
+
+def run_env(row: sqlite3.Row, vault: Vault) -> dict[str, str]:
+    """Extra (non-secret) environment for a run of a core skill: selfmcp_env_keys gets the vault's entry names."""
+    if not (row["is_core"] and row["name"] == "selfmcp_env_keys"):
+        return {}
+    entries = [{"skill_id": e["skill_id"], "name": e["name"], "keys": e["keys"]} for e in vault.listing() if e["keys"]]
+    return {"SELFMCP_VAULT_ENTRIES": json.dumps(entries)}
 
 
 def _literal(value: object) -> str:
@@ -156,7 +171,8 @@ CORE_SKILLS: list[dict[str, str]] = [
         "description": (
             "List which API keys and credential environment variables are set on this selfMCP server "
             "(names only, never values): known_services with present/service, and "
-            "detected_credential_env_vars. Call before writing a skill that needs a key."
+            "detected_credential_env_vars, and vault_entries (skills with keys stored in the vault). Call before "
+            "writing a skill that needs a key."
         ),
         "body": (_ENV_KEYS_BODY.replace("__KNOWN__", _literal(KNOWN_SERVICES))
                  .replace("__PATTERNS__", _literal(list(CREDENTIAL_NAME_PATTERNS)))),

@@ -41,6 +41,13 @@ class Redactor:
         return cls((name, value) for name, value in sorted(environ.items())
                    if is_credential_name(name) and value)
 
+    def including(self, secrets: Iterable[tuple[str, str]]) -> Redactor:
+        """This redactor with more (name, value) pairs; itself when there are none."""
+        extra = list(secrets)
+        if not extra:
+            return self
+        return Redactor([*((name, value) for value, name in self._secrets), *extra])
+
     def __bool__(self) -> bool:
         return self._pattern is not None
 

@@ -16,7 +16,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class PreparedRun:
     timeout_s: float
     requirements: tuple[str, ...]
     auth_vars: tuple[str, ...]
+    # The skill's vault values (selfmcp/vault.py): set in this run's environment over the server's, and redacted.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # not secret (e.g. the vault's entry names)
 
 
 class Runtime:
@@ -134,7 +137,7 @@ class Runtime:
         """
         import anyio
 
-        redactor = self.redactor
+        redactor = self.redactor.including(prepared.secrets.items())
         started_at, started = now_text(), time.perf_counter()
 
         def elapsed() -> float:
@@ -156,7 +159,7 @@ class Runtime:
                 if built.built_now:
                     environment["install_ms"] = built.build_ms
             result = await self.runner.run(
-                prepared.code, prepared.params_json, env=self.skill_environment(prepared.auth_vars),
+                prepared.code, prepared.params_json, env={**self.skill_environment(prepared.auth_vars), **prepared.extra_env, **prepared.secrets},
                 timeout_s=prepared.timeout_s, python=python, read_only=read_only)
         except anyio.get_cancelled_exc_class():
             self._record_later(prepared, started_at, elapsed(), cancelled=True)

@@ -266,6 +266,10 @@ class OAuthProvider:
             return False
         return await anyio.to_thread.run_sync(verify_password, password, stored, limiter=self._password_checks)
 
+    def has_owner_password(self) -> bool:
+        """Whether an owner password exists (SELFMCP_OWNER_PASSWORD, or the stored one); blocking."""
+        return self._env_password_hash is not None or self._stored_password_hash() is not None
+
     def _stored_password_hash(self) -> str | None:
         with self.db.read() as conn:
             row = conn.execute("select password_hash from oauth_owner where id = 1").fetchone()
