@@ -146,6 +146,9 @@ class SecretsPage:
             failures = self.limiter.record_failure(address)
             log.warning("wrong owner password on the secrets page from %s (%d of %d)", address, failures,
                         self.limiter.max_failures)
+            if self.limiter.locked_for(address):
+                return _message_page("Too many wrong passwords", "This page is locked for your address for 15 "
+                                     "minutes.", 429)
             return _page("selfMCP: enter a key", self._form(link, name, auth, fields, password=True,
                                                              error="Wrong password."), 401)
         self.limiter.record_success(address)
