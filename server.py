@@ -66,6 +66,7 @@ class Settings:
     auth: str = "none"  # oauth | token | none; from_env() picks oauth for a non-loopback bind
     owner_password: str | None = None
     secret_key: str | None = None  # SELFMCP_SECRET_KEY: the vault key (else a key file beside the database)
+    cimd_loopback: bool = False  # SELFMCP_CIMD_LOOPBACK=1: client metadata documents on loopback (tests)
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
     log_level: str = "INFO"
@@ -102,7 +103,6 @@ class Settings:
             use_litellm=bool(env.get("OPENAI_API_KEY") or env.get("SELFMCP_USE_LITELLM")),
             log_level=level,
             environ=env,
-            secret_key=env.get("SELFMCP_SECRET_KEY") or None,
             **_remote_settings(env, transport, host, port),
             execution=_execution_settings(env),
         )
@@ -184,7 +184,8 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
                           "SELFMCP_PUBLIC_URL=https://... (behind a TLS proxy), or use SELFMCP_AUTH=token.")
     extra = [h.strip() for h in env.get("SELFMCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
     return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
-            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains)}
+            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "secret_key":
+            env.get("SELFMCP_SECRET_KEY") or None, "cimd_loopback": env.get("SELFMCP_CIMD_LOOPBACK") == "1"}
 
 
 # ------------------------------------------------------------------------------ errors
@@ -257,7 +258,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     remote = oauth.RemoteAuth.create(
         settings.auth if settings.transport != "stdio" else "none", base_url=settings.base_url,
         mcp_path="/sse" if settings.transport == "sse" else "/mcp", database=registry.store.db,
-        auth_token=settings.auth_token, owner_password=settings.owner_password)
+        auth_token=settings.auth_token, owner_password=settings.owner_password, cimd_loopback=settings.cimd_loopback)
     mcp = SelfMCPServer(registry, remote, log_level=settings.log_level)
     page = secrets_page.attach(mcp, registry, remote, settings.owner_password, served=settings.transport != "stdio")
 
@@ -337,13 +338,12 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         Read the skill with skill_get_detail first to know its params (and params_schema, checked before
         the run). The first run of a skill with dependencies installs them, with progress notifications;
         later runs reuse them. Each run gets a fresh working directory, limits on time, memory and
-        output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns
-        {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated,
-        stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero exit_code or
-        timed_out=true is a result, not an error. When a key is missing and the client supports URL-mode
-        elicitation, the user is asked to enter it on this server's page and the run goes on. Errors:
-        skill_not_found, missing_credentials (with `missing`, and `url`: show it to the user, then run again;
-        or call skill_auth_url), invalid_params (with `path`), invalid_timeout,
+        output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns {stdout,
+        stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated, stderr_truncated,
+        sandbox, skill_id, name, version, environment?}; a non-zero exit_code or timed_out=true is a result. A
+        missing key is asked of the user by URL-mode elicitation when the client supports it. Errors:
+        skill_not_found, missing_credentials (with `missing` and `url`: show the link to the user, then run
+        again), invalid_params (with `path`), invalid_timeout,
         invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
         """
         return await secrets_page.run_asking_for_secrets(registry, page, ctx, skill_id, params, timeout)

@@ -8,7 +8,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
-from selfmcp.remote import stdio_transport
+from selfmcp.remote import cimd, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
 from selfmcp.remote.oauth import RemoteAuth
 
@@ -22,6 +22,10 @@ def http_app(mcp: MCPServer, *, transport: str, host: str, hosts: HostAllowList)
         app = mcp.sse_app(transport_security=security, host=host)
     else:
         app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
+    remote = getattr(mcp, "remote_auth", None)
+    if remote is not None and remote.provider is not None and remote.provider.cimd is not None:
+        cimd.advertise(app, remote.server_kwargs["auth"])  # client ids that are metadata document URLs
+        app = cimd.CIMDGuard(app, remote.provider.cimd)
     return RequestGuard(app, hosts)
 
 
