@@ -282,7 +282,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         auth_config: Annotated[dict[str, Any] | None, Field(description=(
             'Credentials the skill needs: {"type": "api_key", "env_var": "X_API_KEY", "instructions": "..."} '
             'or {"type": "oauth2", "auth_url": ..., "token_url": ..., "scopes": [...], '
-            '"client_id_env": ..., "client_secret_env": ...}.'))] = None,
+            '"client_id_env": ..., "client_secret_env": ..., "token_env": ...}.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
     ) -> dict[str, Any]:

@@ -24,9 +24,11 @@ ABOUT_SECTIONS: dict[str, str] = {
         "(embedders) and executor.py (subprocess runner and sandbox). Below skills.py the selfmcp/ package has "
         "one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, scoring, "
         "re-embedding), runtime.py (runs and their history), errors.py (the error shape and codes), depenv.py "
-        "(dependency environments), redact.py, credentials.py, schemas.py, skillmd.py, core_skills.py, "
-        "embedders/, and remote/ (OAuth server, consent page, HTTP guard, transports). Imports flow one way: "
-        "server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it."
+        "(dependency environments), redact.py, credentials.py, vault.py (encrypted per-skill keys) and "
+        "secrets_cli.py, secret_links.py and skill_oauth.py (OAuth2 for skills), schemas.py, skillmd.py, "
+        "core_skills.py, embedders/, and remote/ (OAuth server, consent page, client metadata documents, secrets "
+        "page, HTTP guard, transports). Imports flow one way: server -> skills -> selfmcp -> db, embeddings, "
+        "executor. `python3 server.py` starts it."
     ),
     "interface": (
         "MCP only: there is no web UI besides the OAuth consent page. Clients (Claude Desktop, Claude.ai, "
@@ -66,10 +68,13 @@ ABOUT_SECTIONS: dict[str, str] = {
     ),
     "auth": (
         "A skill may declare auth_config: {type: api_key, env_var, instructions} or {type: oauth2, auth_url, "
-        "token_url, scopes, client_id_env, client_secret_env}. Before running, skill_execute checks that the "
-        "variables are set and otherwise returns error missing_credentials with the missing names; "
-        "skill_auth_url then gives setup instructions or a prefilled OAuth2 authorization URL (and on Replit "
-        "a link to the Secrets panel). Use the selfmcp_env_keys skill to see which credential variables exist "
+        "token_url, scopes, client_id_env, client_secret_env, token_env}. Before running, skill_execute checks "
+        "that each variable is set on the server or stored for the skill in the vault (encrypted with AES-GCM), "
+        "and otherwise returns error missing_credentials with the missing names and, over HTTP, a single-use "
+        "link to a page where the user enters the key (or connects an OAuth2 account; the access token then "
+        "arrives in token_env and is refreshed). Clients with URL-mode elicitation are asked to open the page "
+        "and the run goes on in the same call. On the server: selfmcp secrets set SKILL NAME. Use the "
+        "selfmcp_env_keys skill to see which credential variables exist "
         "(names only, never values). The server itself is protected over HTTP by SELFMCP_AUTH: oauth (the "
         "default on a public address: a built-in OAuth 2.1 server; the owner approves clients with the owner "
         "password), token (SELFMCP_AUTH_TOKEN as a bearer token) or none."

@@ -159,7 +159,8 @@ class Runtime:
                 if built.built_now:
                     environment["install_ms"] = built.build_ms
             result = await self.runner.run(
-                prepared.code, prepared.params_json, env={**self.skill_environment(prepared.auth_vars), **prepared.extra_env, **prepared.secrets},
+                prepared.code, prepared.params_json,
+                env={**self.skill_environment(prepared.auth_vars), **prepared.extra_env, **prepared.secrets},
                 timeout_s=prepared.timeout_s, python=python, read_only=read_only)
         except anyio.get_cancelled_exc_class():
             self._record_later(prepared, started_at, elapsed(), cancelled=True)

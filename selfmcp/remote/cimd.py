@@ -201,5 +201,5 @@ def advertise(app: Any, auth: AuthSettings) -> None:
     routes = app.router.routes
     for index, route in enumerate(routes):
         if getattr(route, "path", None) == METADATA_PATH:
-            routes[index] = Route(METADATA_PATH, endpoint=cors_middleware(MetadataHandler(metadata).handle,
-                                                                          ["GET", "OPTIONS"]), methods=["GET", "OPTIONS"])
+            endpoint = cors_middleware(MetadataHandler(metadata).handle, ["GET", "OPTIONS"])
+            routes[index] = Route(METADATA_PATH, endpoint=endpoint, methods=["GET", "OPTIONS"])
