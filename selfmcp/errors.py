@@ -110,3 +110,7 @@ NotExecutable = _error("NotExecutable", "not_executable",
 DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
                                  "Check the requirement names and versions in `installer_tail`, fix them with "
                                  "skill_update, and call skill_execute again.")
+SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
+                            "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
+                            "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "
+                            "SELFMCP_HOST=127.0.0.1.")

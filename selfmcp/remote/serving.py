@@ -10,7 +10,7 @@ from mcp.server.mcpserver import MCPServer
 
 from selfmcp.remote import cimd, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
-from selfmcp.remote.oauth import RemoteAuth
+from selfmcp.remote.oauth import RemoteAuth, ensure_owner_password as ensure_stored_owner_password
 
 log = logging.getLogger("selfmcp")
 
@@ -39,16 +39,22 @@ async def serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
 
 
 def log_execution(info: dict[str, Any]) -> None:
-    """Say at start-up how skills run: sandbox, limits, environments."""
+    """Say at start-up how skills run: sandbox, the limits in force (and which are weaker), environments."""
     log.info("skill runs: sandbox %s%s, environment %s, %d MiB memory, %d bytes of output per stream, "
-             "%d at once, dependency environments in %s (%s); %d secret values redacted",
+             "%d at once, dependency environments in %s (%s, %s); %d secret values redacted",
              info["sandbox"], "" if info["sandbox_network"] else " without network", info["skill_env"],
              info["memory_mb"], info["max_output_bytes"], info["concurrency"], info["env_dir"],
-             info["installer"], info["redacted_variables"])
-    if info["sandbox_note"]:
-        log.warning("SELFMCP_SANDBOX=auto: running skills WITHOUT a sandbox because %s. Install bubblewrap "
-                    "(apt-get install bubblewrap) to isolate them, or set SELFMCP_SANDBOX=none to accept this.",
-                    info["sandbox_note"])
+             info["installer"], "source builds allowed" if info["source_builds"] else "wheels only",
+             info["redacted_variables"])
+    for what, text in info["in_force"].items():
+        log.info("skill runs, %s: %s", what, text)
+    if info["sandbox_note"] and info["sandbox"] != "bwrap":
+        log.warning("SELFMCP_SANDBOX=auto: no bubblewrap because %s; runs are confined by %s. Install bubblewrap "
+                    "(apt-get install bubblewrap) for the full sandbox.", info["sandbox_note"], info["sandbox"])
+    if info["sandbox"] == "none":
+        log.warning("SKILL RUNS ARE NOT CONFINED: a skill can read this server's database and files%s.",
+                    "; skill_execute refuses to run on this public bind (set SELFMCP_SANDBOX=none to accept)"
+                    if info["refused"] else "")
 
 
 def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts: HostAllowList,
@@ -76,6 +82,17 @@ def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts:
                     "https address clients use.", remote.resource_url)
     if owner_password:
         log.info("owner password: SELFMCP_OWNER_PASSWORD")
+
+
+def ensure_owner_password(remote: RemoteAuth, owner_password: str | None, *, reachable: bool) -> None:
+    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
+    if remote.mode != "oauth" or owner_password or remote.provider is None:
+        return
+    password = ensure_stored_owner_password(remote.provider.db)
+    if password is None:
+        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
+        return
+    print_owner_password(password, remote, reachable=reachable)
 
 
 def print_owner_password(password: str, remote: RemoteAuth, *, reachable: bool) -> None:
