@@ -399,9 +399,10 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     def skill_auth_url(skill_id: SkillId) -> dict[str, Any]:
         """Tell the user how to provide the credentials a skill needs (API key or OAuth2 grant).
 
-        Call it after skill_execute returned missing_credentials, and show the instructions (and
-        auth_url, for OAuth2) to the user. Returns {type, env_vars, missing, ready, instructions,
-        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config.
+        Call it after skill_execute returned missing_credentials, and show the instructions and `url` (a
+        single-use link where the user enters the key or connects the account) to the user. Returns
+        {type, env_vars, missing, ready, instructions, url?, auth_url?, replit_secrets_url?}. Errors:
+        skill_not_found, no_auth_config.
         """
         return registry.auth_url(skill_id)
 

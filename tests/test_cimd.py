@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from conftest import PASSWORD, REDIRECT, form_fields, pkce, register, run_server
+from selfmcp.remote import cimd
 
 pytestmark = pytest.mark.anyio
 
@@ -190,4 +191,21 @@ async def test_a_document_on_a_private_address_is_refused_without_the_test_setti
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"
         assert "not a public address" in refused.json()["error_description"]
         assert docs.fetches == {}
-        assert json.dumps(refused.json())
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    (None, cimd.DEFAULT_CACHE_S), ("max-age=600", 600), ("public, max-age=99999999", cimd.MAX_CACHE_S),
+    ("no-store", 0), ("no-cache, max-age=600", 0), ("private", cimd.DEFAULT_CACHE_S)])
+def test_a_document_is_kept_as_its_cache_control_says(header, seconds):
+    assert cimd._cache_seconds(header) == seconds
+
+
+@pytest.mark.parametrize(("document", "reason"), [
+    (b"[]", "not a JSON object"), (b"{", "not JSON"),
+    (json.dumps({"client_id": "https://c.example/c.json", "redirect_uris": []}).encode(), "no redirect_uris"),
+    (json.dumps({"client_id": "https://c.example/c.json", "redirect_uris": [REDIRECT],
+                 "token_endpoint_auth_method": "client_secret_basic"}).encode(), "not supported"),
+])
+def test_unusable_documents_say_why(document, reason):
+    with pytest.raises(cimd.CIMDError, match=reason):
+        cimd.ClientMetadataResolver._parse("https://c.example/c.json", document)

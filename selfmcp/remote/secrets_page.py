@@ -74,7 +74,7 @@ class SecretsPage:
 
     # -- what the skill asks for
 
-    def _skill(self, skill_id: int) -> tuple[str, dict[str, Any]] | None:
+    def skill_auth(self, skill_id: int) -> tuple[str, dict[str, Any]] | None:
         with self.store.read() as tx:
             row = tx.skill(skill_id)
         if row is None or not row["is_active"] or not row["auth_config_json"]:
@@ -122,7 +122,7 @@ class SecretsPage:
             return _message_page("Too many wrong passwords", "This page is locked for your address for 15 minutes.",
                                  429)
         link = self.links.pending(request.path_params["link"])
-        found = await anyio.to_thread.run_sync(self._skill, link.skill_id) if link else None
+        found = await anyio.to_thread.run_sync(self.skill_auth, link.skill_id) if link else None
         if link is None or found is None:
             return _message_page("Link expired", "This link is unknown, used or older than 10 minutes. Ask for "
                                  "a new one (run the skill again, or call skill_auth_url).", 400)
@@ -188,7 +188,7 @@ class SecretsPage:
         except OAuthFlowError as exc:
             return _message_page("Sign-in failed", str(exc), 400)
         link = self.links.pending(flow.link_id)
-        found = await anyio.to_thread.run_sync(self._skill, flow.skill_id)
+        found = await anyio.to_thread.run_sync(self.skill_auth, flow.skill_id)
         if link is None or found is None:
             return _message_page("Link expired", "Ask for a new link and connect again.", 400)
         if query.get("error") or not query.get("code"):
@@ -254,7 +254,7 @@ async def run_asking_for_secrets(registry: Any, page: SecretsPage, ctx: Any, ski
 
     async def run() -> dict[str, Any]:
         if isinstance(skill_id, int):
-            found = await anyio.to_thread.run_sync(page._skill, skill_id)
+            found = await anyio.to_thread.run_sync(page.skill_auth, skill_id)
             await page.oauth.ensure_fresh(skill_id, found[1] if found else None)
         return await registry.execute(skill_id, params, timeout, progress=progress)
 
