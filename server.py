@@ -29,7 +29,9 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 import skills
 from embeddings import Embedder, make_embedder
 from selfmcp import redact, secrets_cli
-from selfmcp.errors import error_body
+from selfmcp.errors import InvalidFiles, error_body
+from selfmcp.extension import SkillsServerMixin
+from selfmcp.folders import FILES_HELP
 from selfmcp.remote import consent, http_security, oauth, secrets_page, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
@@ -208,7 +210,7 @@ _ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
     "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
     "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
     "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema,
+    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema, "files": InvalidFiles,
 }
 
 
@@ -230,13 +232,14 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
     return None
 
 
-class SelfMCPServer(MCPServer):
-    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload."""
+class SelfMCPServer(SkillsServerMixin, MCPServer):
+    """MCPServer over one registry (its skills also served as Agent Skills), failures as the error payload."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
         self.registry = registry
         self.remote_auth = remote
+        self.install_skills()  # the Skills-over-MCP extension, skill:// resources, knowledge-skill prompts
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
@@ -292,16 +295,18 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
             '"client_id_env": ..., "client_secret_env": ..., "token_env": ...}.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Store a new skill in the registry so it can be found and run in any later session.
 
         Call this only after skill_search found nothing suitable. Returns {id, name, version, status}
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
-        history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
-        invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
-        invalid_params_schema.
+        history kept, version continues). A skill with no code to run (no ```python block, no scripts/main.py
+        or `metadata.entrypoint` script in files) is a knowledge skill. Errors: skill_exists, invalid_name,
+        invalid_description, invalid_body, invalid_code (syntax error, with the line), invalid_frontmatter,
+        invalid_files, invalid_dependency, invalid_auth_config, invalid_params_schema.
         """
-        return registry.create(name, description, body, dependencies, auth_config, params_schema)
+        return registry.create(name, description, body, dependencies, auth_config, params_schema, files=files)
 
     @tool(ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=False))
     def skill_update(
@@ -312,6 +317,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         dependencies: Annotated[list[str] | None, Field(description="New list of pip requirements.")] = None,
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
@@ -319,7 +325,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         Errors: skill_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists (name taken),
         and the validation codes of skill_create.
         """
-        return registry.update(skill_id, name=name, description=description, body=body,
+        return registry.update(skill_id, name=name, description=description, body=body, files=files,
                                dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
 
     @tool(ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
@@ -374,7 +380,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history). Errors: skill_not_found.
+        Returns the record with `versions` (the version numbers kept in history), `agent_name` (its files
+        are skill://<agent_name>/<path> resources) and `files` ([{path, size, digest}]). Errors: skill_not_found.
         """
         return registry.get_detail(skill_id)
 

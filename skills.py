@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, schemas, skillmd
 from selfmcp.secret_links import SecretLinks
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
@@ -193,11 +193,12 @@ class Registry:
 
     # -- writes
 
-    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None,
-               auth_config: Any = None, params_schema: Any = None, *, is_core: bool = False) -> dict[str, Any]:
+    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None, auth_config: Any = None,
+               params_schema: Any = None, *, files: Any = None, is_core: bool = False) -> dict[str, Any]:
         name = validate_name(name)
         description = validate_description(description)
         parsed = validate_body(body)
+        file_map = folders.validate_folder(files, body)
         values = (description, body, json.dumps(validate_dependencies(dependencies)),
                   _json_or_none(validate_auth_config(auth_config)), _json_or_none(validate_params_schema(params_schema)))
         entry = self.search_index.prepare(name, description, parsed.frontmatter)
@@ -213,12 +214,13 @@ class Registry:
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
+            folders.write_files(tx, name, skill_id, file_map)
             tx.archive_version(skill_id, now=now)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
-    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
+    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None, files: Any = None,
                dependencies: Any = None, auth_config: Any = None, params_schema: Any = None) -> dict[str, Any]:
         patch: dict[str, Any] = {}
         parsed = None
@@ -235,13 +237,14 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if not patch:
+        if not patch and files is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
+        new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
         new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
         frontmatter = (parsed or skillmd.parse_body(current["body"])).frontmatter
         entry = self.search_index.prepare(new_name, new_description, frontmatter, embed=False)
@@ -259,6 +262,7 @@ class Registry:
                                       skill_id=clash["id"])
             tx.archive_version(skill_id, now=now)
             tx.patch_skill(skill_id, patch, now=now)
+            folders.write_files(tx, patch.get("name"), skill_id, new_files)
             new = tx.skill(skill_id)
             tx.archive_version(skill_id, now=now)
             if (new["name"], new["description"], new["body"]) != (new_name, new_description,
@@ -315,7 +319,7 @@ class Registry:
             "params_schema": _loads(row["params_schema_json"], None),
             "version": row["version"], "is_core": bool(row["is_core"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs,
+            "versions": versions, "runs": runs, **folders.detail(row),
         }
 
     def count_active(self) -> int:
@@ -400,12 +404,10 @@ class Registry:
         missing = credentials.missing_env_vars(auth, self.environ, secrets)
         if missing:
             raise missing_error(row["id"], row["name"], missing, self.environ, *self.links.offer(row["id"]))
-        code = skillmd.parse_body(row["body"]).code
-        if code is None:
-            raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        return PreparedRun(row["id"], row["name"], row["version"], code, params_json, timeout_s,
+        run, files = folders.SkillFolders(self.store).runnable(row)
+        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json, timeout_s,
                            tuple(_loads(row["dependencies_json"], [])), tuple(credentials.required_env_vars(auth)),
-                           secrets=secrets, extra_env=core_skills.run_env(row, self.vault))
+                           files, run.script, secrets, core_skills.run_env(row, self.vault))
 
     async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
                       progress: Progress | None = None) -> dict[str, Any]:

@@ -96,7 +96,7 @@ SkillNotFound = _error("SkillNotFound", "skill_not_found",
                        "Call skill_search or skill_list_summary to find the right id.")
 SkillExists = _error("SkillExists", "skill_exists", "Call skill_update on the existing skill, or choose another name.")
 NothingToUpdate = _error("NothingToUpdate", "nothing_to_update",
-                         "Pass at least one of name, description, body, dependencies, auth_config, params_schema.")
+                         "Pass at least one of name, description, body, files, dependencies, auth_config, params_schema.")
 CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skill",
                                "Core skills stay in the registry; update their body or description instead.")
 CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",
@@ -114,3 +114,9 @@ SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
                             "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
                             "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "
                             "SELFMCP_HOST=127.0.0.1.")
+InvalidFrontmatter = _error("InvalidFrontmatter", "invalid_frontmatter",
+                            "Fix the YAML between the SKILL.md's `---` lines; quote values such as yes, on, 017 "
+                            "or dates so every YAML reader sees the same text.")
+InvalidFiles = _error("InvalidFiles", "invalid_files",
+                      'Give files as {"relative/path": "text"} or {"path": {"base64": "..."}} with relative '
+                      "paths (no '..', no leading '/', no backslash), at most 512 files and 16 MiB a skill.")

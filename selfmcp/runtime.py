@@ -73,6 +73,8 @@ class PreparedRun:
     timeout_s: float
     requirements: tuple[str, ...]
     auth_vars: tuple[str, ...]
+    files: Mapping[str, bytes] = field(default_factory=dict)  # the skill folder, written into the workdir
+    script: str = "skill.py"  # where `code` sits in that folder
     # The skill's vault values (selfmcp/vault.py): set in this run's environment over the server's, and redacted.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     extra_env: Mapping[str, str] = field(default_factory=dict)  # not secret (e.g. the vault's entry names)
@@ -186,7 +188,8 @@ class Runtime:
                    **prepared.extra_env, **prepared.secrets}
             result = await self.runner.run(
                 prepared.code, prepared.params_json, env=env,
-                timeout_s=prepared.timeout_s, python=python, read_only=read_only)
+                timeout_s=prepared.timeout_s, python=python, read_only=read_only, files=prepared.files,
+                script=prepared.script)
         except anyio.get_cancelled_exc_class():
             self._record_later(prepared, started_at, elapsed(), cancelled=True)
             raise
