@@ -33,9 +33,9 @@ SKILL_ENV_MODES = ("inherit", "declared")
 # What a run gets under SELFMCP_SKILL_ENV=declared, besides the variables its auth_config names.
 DECLARED_BASELINE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
                          "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-# The server's own credentials: a skill holding them could sign in as the owner, so no run
+# The server's own credentials: a skill holding them could sign in as the owner or open the vault, so no run
 # ever gets them, whatever SELFMCP_SKILL_ENV says.
-SERVER_ONLY_ENV = frozenset({"SELFMCP_AUTH_TOKEN", "SELFMCP_OWNER_PASSWORD"})
+SERVER_ONLY_ENV = frozenset({"SELFMCP_AUTH_TOKEN", "SELFMCP_OWNER_PASSWORD", "SELFMCP_SECRET_KEY"})
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 

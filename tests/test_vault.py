@@ -183,3 +183,10 @@ async def test_over_stdio_selfmcp_secrets_set_then_the_run_uses_the_key(tmp_path
         out = payload(await client.call_tool("skill_execute", {"skill_id": created["id"]}))
         assert out["stdout"] == f"key: [REDACTED:ACME_API_KEY]\nlen {len(SECRET)}\n"
     assert SECRET.encode() not in (tmp_path / "e2e.db").read_bytes()
+
+
+@pytest.mark.anyio
+async def test_no_run_gets_the_vault_key(db_path):
+    registry = make_registry(db_path, SELFMCP_SECRET_KEY="the vault key itself")
+    sid = registry.create("peek", "Peek.", "import os\nprint('SELFMCP_SECRET_KEY' in os.environ)")["id"]
+    assert (await registry.execute(sid, {}, 10))["stdout"] == "False\n"
