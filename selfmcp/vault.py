@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from selfmcp.credentials import ENV_NAME_RE, replit_secrets_url, required_env_vars
+from selfmcp.credentials import ENV_NAME_RE, is_server_only, replit_secrets_url, required_env_vars
 from selfmcp.errors import InvalidArgument, MissingCredentials, SkillNotFound
 from selfmcp.store import SkillStore, now_text
 
@@ -154,7 +154,7 @@ class Vault:
     # -- entries
 
     def set(self, skill_id: int, name: str, value: str) -> None:
-        if not (ENV_NAME_RE.match(name) or name == OAUTH_TOKEN_ENTRY):
+        if not (ENV_NAME_RE.fullmatch(name) and not is_server_only(name) or name == OAUTH_TOKEN_ENTRY):
             raise InvalidArgument(f"Invalid credential name {name!r}.",
                                   hint="Use the environment variable name the skill's auth_config names.")
         if not value or len(value.encode()) > MAX_VALUE_BYTES:
@@ -193,7 +193,7 @@ class Vault:
     def values_for(self, skill_id: int, auth_config: Mapping[str, Any] | None = None) -> dict[str, str]:
         """The environment variables the vault gives a run of the skill (OAuth2: the access token in token_env)."""
         opened = self._opened(skill_id)
-        values = {k: v for k, v in opened.items() if ENV_NAME_RE.match(k)}
+        values = {k: v for k, v in opened.items() if ENV_NAME_RE.fullmatch(k)}
         token = opened.get(OAUTH_TOKEN_ENTRY)
         if token and auth_config and auth_config.get("type") == "oauth2" and auth_config.get("token_env"):
             access = json.loads(token).get("access_token")

@@ -149,7 +149,7 @@ async def test_the_sdk_client_signs_in_with_a_metadata_document_url_and_bad_docu
     with document_server(tmp_path) as (docs, cert), run_server(
             tmp_path, SELFMCP_AUTH="oauth", SELFMCP_OWNER_PASSWORD=PASSWORD, SELFMCP_CIMD_LOOPBACK="1",
             SSL_CERT_FILE=str(cert)) as running:
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             metadata = (await http.get(running.base + "/.well-known/oauth-authorization-server")).json()
             assert metadata["client_id_metadata_document_supported"] is True
             assert "none" in metadata["token_endpoint_auth_methods_supported"]
@@ -172,7 +172,7 @@ async def test_the_sdk_client_signs_in_with_a_metadata_document_url_and_bad_docu
         assert "CIMD Test Client" in browser.consent_text and "127.0.0.1:" in browser.consent_text
         assert docs.fetches["client"] == 1  # cached as its Cache-Control says
 
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             for name, reason in [("other-id", "differs"), ("big", "larger"), ("slow", "did not arrive")]:
                 refused = await http.get(running.base + "/authorize", params=authorize_params(docs.url(name)))
                 assert refused.status_code == 400, refused.text
@@ -186,7 +186,7 @@ async def test_the_sdk_client_signs_in_with_a_metadata_document_url_and_bad_docu
 async def test_a_document_on_a_private_address_is_refused_without_the_test_setting(tmp_path):
     with document_server(tmp_path) as (docs, cert), run_server(
             tmp_path, SELFMCP_AUTH="oauth", SELFMCP_OWNER_PASSWORD=PASSWORD, SSL_CERT_FILE=str(cert)) as running:
-        async with httpx2.AsyncClient() as http:
+        async with httpx2.AsyncClient(timeout=30) as http:
             refused = await http.get(running.base + "/authorize", params=authorize_params(docs.url("client")))
         assert refused.status_code == 400 and refused.json()["error"] == "invalid_client"
         assert "not a public address" in refused.json()["error_description"]

@@ -115,7 +115,8 @@ def test_the_oauth_token_record_gives_the_access_token_in_token_env(reg):
     assert reg.vault.values_for(sid, auth) == {"P_ACCESS_TOKEN": "at-123456789", "P_CLIENT_ID": "client-1"}
 
 
-@pytest.mark.parametrize(("name", "value"), [("bad name", "v"), ("ACME_API_KEY", ""), ("X", "v" * 20000)])
+@pytest.mark.parametrize(("name", "value"), [("bad name", "v"), ("ACME_API_KEY", ""), ("X", "v" * 20000),
+                                           ("SELFMCP_AUTH_TOKEN", "v")])
 def test_bad_entries_are_refused_and_change_nothing(reg, name, value):
     sid = reg.create("a", "Skill a.", "print(1)")["id"]
     with pytest.raises(skills.InvalidArgument):
