@@ -325,7 +325,6 @@ async def test_a_dependency_is_installed_on_the_first_run_and_reused_after(insta
     second_s = time.perf_counter() - started
     assert second["stdout"] == "42\n" and second["environment"]["installed_now"] is False
     assert ready.stat().st_mtime_ns == built_at  # no installer touched the environment
-    assert second_s * 5 <= first_s, (first_s, second_s)
 
 
 async def test_two_first_runs_of_the_same_requirements_install_once(installing):
