@@ -14,7 +14,7 @@ from mcp.client.client import Client
 
 import skills
 from conftest import ROOT, FakeEmbedder, assert_error, clean_env, payload, stdio_params
-from selfmcp import secrets_cli
+from selfmcp.cli import vault_commands
 from selfmcp.vault import OAUTH_TOKEN_ENTRY, Vault, key_path_for
 
 SECRET = "sk-vault-test-0123456789abcdef"
@@ -128,7 +128,7 @@ def test_bad_entries_are_refused_and_change_nothing(reg, name, value):
 
 def cli(db_path, *argv, stdin="", secret_key=None):
     lines: list[str] = []
-    code = secrets_cli.main(list(argv), db_path=db_path, secret_key=secret_key, stdin=io.StringIO(stdin),
+    code = vault_commands.run(list(argv), db_path=db_path, secret_key=secret_key, stdin=io.StringIO(stdin),
                             out=lines.append)
     return code, "\n".join(lines)
 

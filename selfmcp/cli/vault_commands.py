@@ -5,7 +5,9 @@
     selfmcp secrets delete SKILL NAME   remove one entry
     selfmcp secrets rotate-key          re-seal every entry under a new key
 
-SKILL is a skill's id or name. The running server sees a change at the skill's next run.
+SKILL is a skill's id or name. The running server sees a change at the skill's next run. The
+`secrets` command registers itself in the `selfmcp` command line (base.py); `run()` is the same
+without it (tests call it with their own stdin and output).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
+from selfmcp.cli.base import Context, arg, command
 from selfmcp.errors import SkillError
 from selfmcp.store import SkillStore
 from selfmcp.vault import Vault, key_from_text, read_or_create_key_file
@@ -44,7 +47,22 @@ def read_secret(prompt: str, stdin: TextIO) -> str:
     return stdin.readline().rstrip("\r\n")
 
 
-def main(argv: list[str], *, db_path: str | os.PathLike[str], secret_key: str | None,
+@command("secrets", arg("action", choices=("set", "list", "delete", "rotate-key"), help="what to do"),
+         arg("skill", nargs="?", metavar="SKILL", help="the skill's id or name (set, delete)"),
+         arg("name", nargs="?", metavar="NAME", help="the variable its auth_config names, e.g. ACME_API_KEY"))
+def secrets_command(ctx: Context, args: argparse.Namespace) -> int:
+    """Keep skills' keys in the encrypted vault: set, list, delete, rotate-key.
+
+    `selfmcp secrets set SKILL NAME` reads the value without echo (or one line from a pipe) and stores it
+    encrypted for that skill only; `list` shows names, never values; `rotate-key` re-encrypts every entry
+    under a new key (see the README: Giving a skill its keys).
+    """
+    ctx.require_database()
+    argv = [args.action, *(a for a in (args.skill, args.name) if a)]
+    return run(argv, db_path=ctx.db_path, secret_key=ctx.settings().secret_key)
+
+
+def run(argv: list[str], *, db_path: str | os.PathLike[str], secret_key: str | None,
          stdin: TextIO | None = None, out: Callable[[str], None] = print) -> int:
     args = _parser().parse_args(argv)
     stdin = stdin or sys.stdin
