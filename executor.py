@@ -110,7 +110,8 @@ del _o
 _SITE = "import site as _site\n_site.main()\ndel _site\n"
 # A sandbox started ahead of its run waits here, not dumpable (no process of its uid reads its
 # environment), for its prelude on stdin; stdin is then /dev/null as in any run. It leaves after
-# {idle} s unused or when the server goes (stdin closes). Its run makes it dumpable again.
+# {idle} s unused or when the server goes (stdin closes). Its run makes it dumpable again, and
+# _WARM_HEADER tells it what it learns only then: its directory (outside bubblewrap), temp dirs.
 _WARM_STUB = """\
 import ctypes as _ct, os as _o, select as _sl, resource as _rs, marshal as _ms  # the prelude's, loaded early
 _l = _ct.CDLL(None)
@@ -129,7 +130,6 @@ _b = b"".join(_b)
 del _o, _sl, _x, _rs, _ms
 exec(compile(_b, "<string>", "exec"))
 """
-# What a warm sandbox learns only with its run: where it works (outside bubblewrap) and its temp dirs.
 _WARM_HEADER = """\
 _l.prctl(4, 1, 0, 0, 0)
 del _b, _ct, _l
@@ -386,8 +386,7 @@ class Runner:
                                       python=python, read_only=read_only, slot=slot,
                                       script=script if files else None, warm=warm)
         finally:
-            # Every process of the run is dead: nothing can write there any more. Removing
-            # it in a worker thread keeps the directory operations out of the reply's path.
+            # Every process of the run is dead: its directory goes in a worker thread, off the reply's path.
             loop = asyncio.get_running_loop()
             loop.run_in_executor(None, _remove_tree, workdir)
             if self.prestart:  # the next runs find their sandboxes already started

@@ -33,6 +33,8 @@ from selfmcp.credentials import is_secret_name
 MIN_SECRET_CHARS = 8
 # A truncated output may end inside a secret: a dangling prefix this long is hidden too.
 MIN_PREFIX_CHARS = 4
+# How many redactors extended with a run's own secrets (`Redactor.including`) are kept for reuse.
+_INCLUDING_KEPT = 32
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -120,6 +122,7 @@ class Redactor:
         self._secrets = sorted(by_value.items(), key=lambda item: (-len(item[0]), item[0]))
         self._names = dict(self._secrets)
         self._pattern = re.compile(_trie_pattern(self._names)) if self._secrets else None
+        self._including: dict[tuple[tuple[str, str], ...], Redactor] = {}  # least recently used first
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> Redactor:
@@ -137,10 +140,15 @@ class Redactor:
 
     def including(self, secrets: Iterable[tuple[str, str]]) -> Redactor:
         """This redactor with more (name, value) pairs; itself when there are none."""
-        extra = list(secrets)
+        extra = tuple(sorted(secrets))
         if not extra:
             return self
-        return Redactor([*((name, value) for value, name in self._raw), *extra])
+        # Building one costs ~10 ms (the pattern): the same skill's next runs reuse it.
+        found = self._including.pop(extra, None) or Redactor([*((name, value) for value, name in self._raw), *extra])
+        self._including[extra] = found
+        while len(self._including) > _INCLUDING_KEPT:
+            del self._including[next(iter(self._including))]
+        return found
 
     def __bool__(self) -> bool:
         return self._pattern is not None
