@@ -390,7 +390,7 @@ class Runner:
             loop = asyncio.get_running_loop()
             loop.run_in_executor(None, _remove_tree, workdir)
             if self.prestart:  # the next runs find their sandboxes already started
-                loop.call_soon(self._prestart_free, python, tuple(read_only), dict(env))
+                loop.call_later(0.005, self._prestart_free, python, tuple(read_only), dict(env))  # after the reply
 
     def _new_workdir(self) -> str:
         workdir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
