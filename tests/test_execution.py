@@ -652,3 +652,39 @@ def test_an_unusable_explicit_sandbox_stops_the_server_from_starting(tmp_path):
     registry = skills.Registry(tmp_path / "skills.db", HashEmbedder())
     with pytest.raises(skills.ExecutionConfigError):
         registry.configure_execution(skills.ExecutionConfig(sandbox="bwrap-typo"))
+
+
+# ------------------------------------------------------------------- sandboxes started ahead of runs
+
+WARM_PROBE = '''\
+import json, os, sys
+seen = {"pid": os.getpid(), "left": sorted(os.listdir(".")), "params": json.loads(os.environ["SELFMCP_PARAMS"]),
+        "first": os.environ.get("FIRST_ONLY"), "stdin": sys.stdin.read(), "cwd": os.getcwd()}
+open("left-behind.txt", "w").write("x")
+print(json.dumps(seen))
+'''
+
+
+@pytest.mark.parametrize("mode", ["none", pytest.param("bwrap", marks=needs_bwrap)])
+async def test_a_sandbox_started_ahead_serves_one_run_and_only_a_run_with_its_environment(mode):
+    sandbox = _SANDBOX if mode == "bwrap" else executor.Sandbox("none")
+    runner = executor.Runner(sandbox=sandbox, concurrency=2)
+    first_env = {"PATH": os.environ["PATH"], "FIRST_ONLY": "1"}
+    try:
+        first = json.loads((await runner.run(WARM_PROBE, '{"n": 1}', env=first_env, timeout_s=30)).stdout)
+        await wait_until(lambda: len(runner._warm) == 2, 30)  # both free slots got one
+        ahead = {w.proc.pid for w in runner._warm.values()}
+        out = await runner.run(WARM_PROBE, '{"n": 2}', env=first_env, timeout_s=30)
+        second = json.loads(out.stdout)
+        assert out.exit_code == 0 and second["params"] == {"n": 2} and second["first"] == "1"
+        assert second["stdin"] == "" and second["left"] == first["left"] == [".in"] and second["cwd"] != first["cwd"]
+        if mode == "none":  # (under bubblewrap the pid is the sandbox's own)
+            assert second["pid"] in ahead
+        # A run with another environment never gets a sandbox started with the last one's.
+        await wait_until(lambda: len(runner._warm) == 2, 30)
+        third = json.loads((await runner.run(WARM_PROBE, '{"n": 3}', env={"PATH": os.environ["PATH"]},
+                                             timeout_s=30)).stdout)
+        assert third["first"] is None and third["left"] == [".in"] and third["params"] == {"n": 3}
+    finally:
+        runner.close()
+    assert runner._warm == {}
