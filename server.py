@@ -24,6 +24,7 @@ from pydantic import Field, ValidationError
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
@@ -202,6 +203,10 @@ _ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
 }
 
 
+_SKILL_ID_HINT = ("Pass skill_id as a JSON integer (no quotes, not true/false), an id from skill_search or "
+                  "skill_list_summary.")
+
+
 def failure_payload(exc: BaseException) -> dict[str, Any] | None:
     """The error payload for what a tool call raised (None: not a failure we know how to explain)."""
     if isinstance(exc, skills.SkillError):
@@ -210,13 +215,13 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
         first = exc.errors()[0]
         field_name = str(first["loc"][0]) if first.get("loc") else ""
         cls = _ARGUMENT_CODES.get(field_name, skills.InvalidArgument)
+        hint = _SKILL_ID_HINT if field_name == "skill_id" else cls.hint
         fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
         return error_body(cls.code, f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.",
-                          cls.hint, fields=fields)
-    if isinstance(exc, sqlite3.OperationalError):
+                          hint, fields=fields)
+    if isinstance(exc, sqlite3.Error):
         log.warning("storage error: %s", exc)
-        return error_body("storage_unavailable", "The skill database could not complete the request.",
-                          "Retry in a moment; if it persists, check the server log and SELFMCP_DB_PATH.")
+        return skills.storage_error(exc).payload()
     return None
 
 
@@ -229,18 +234,29 @@ class SelfMCPServer(MCPServer):
         self.remote_auth = remote
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
+        """Every failure becomes `{error, message, hint}`: internal_error (logged, never shown) as the last resort."""
         try:
             return await super().call_tool(name, arguments, context)
-        except ToolError as exc:
-            payload = failure_payload(exc.__cause__) if exc.__cause__ is not None else None
+        except MCPError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one conversion of any failure; cancellation is not caught
+            if isinstance(exc, ToolError) and exc.__cause__ is None and self._tool_manager.get_tool(name) is None:
+                return error_result(skills.UnknownTool(f"There is no tool named {name!r}.").payload())
+            cause = exc.__cause__ if isinstance(exc, ToolError) and exc.__cause__ is not None else exc
+            while isinstance(cause, ToolError) and cause.__cause__ is not None:  # a nested tool's wrapper
+                cause = cause.__cause__
+            payload = failure_payload(cause)
             if payload is None:
-                raise
+                log.error("tool %r failed unexpectedly", name, exc_info=cause)
+                payload = skills.InternalError(f"{name} failed because of an unexpected error in the server.").payload()
             return error_result(payload)
 
 
 # ------------------------------------------------------------------------------- tools
 
-SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
+# strict: the SDK validates in lax mode, where "1" and true would become skill 1.
+SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.",
+                               strict=True, ge=skills.MIN_SKILL_ID, le=skills.MAX_SKILL_ID)]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -397,7 +413,11 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     async def health(request):  # noqa: ANN001 - Starlette request
         from starlette.responses import JSONResponse
 
-        count = await anyio.to_thread.run_sync(registry.count_active)
+        try:
+            count = await anyio.to_thread.run_sync(registry.health)
+        except skills.SkillError as exc:  # storage_unavailable / storage_full: not a healthy server
+            return JSONResponse({"status": "unavailable", **exc.payload(), "transport": settings.transport},
+                                status_code=503)
         return JSONResponse({"status": "ok", "skills": count, "transport": settings.transport})
 
     if settings.transport != "stdio":

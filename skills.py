@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import re
+import sqlite3
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,7 +31,8 @@ from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, Depend
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
-                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
+                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
+                            InternalError, StorageFull, StorageUnavailable, UnknownTool, storage_error)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
                              ExecutionConfig, ExecutionConfigError,
                              PreparedRun, Progress, Runtime, run_stats)
@@ -41,11 +44,13 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
            "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
-           "SkillExists", "SkillNotFound"]
+           "SkillExists", "SkillNotFound", "InternalError", "StorageFull", "StorageUnavailable", "UnknownTool",
+           "storage_error"]
 
 log = logging.getLogger("selfmcp.skills")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CURSOR_RE = re.compile(r"[0-9]{1,19}")
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -54,6 +59,8 @@ MAX_DEPENDENCIES = 64
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 DEFAULT_TIMEOUT_S = 30
 MAX_TOP_K = 50
+# SQLite's INTEGER range: a larger id can name no row (and would overflow the driver).
+MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1
 SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
 
@@ -89,6 +96,9 @@ def validate_body(body: Any) -> skillmd.ParsedBody:
             raise InvalidCode(f"Python syntax error at line {exc.lineno}: {exc.msg}.", line=exc.lineno) from None
         except ValueError as exc:  # e.g. a NUL byte in the source
             raise InvalidCode(f"The code cannot be compiled: {exc}.") from None
+        except (RecursionError, MemoryError):  # deeply nested expressions overflow the compiler
+            raise InvalidCode("The code is nested too deeply for Python to compile.",
+                              hint="Split deeply nested expressions into smaller statements.") from None
     return parsed
 
 
@@ -110,6 +120,10 @@ def validate_dependencies(dependencies: Any) -> list[str]:
 def validate_auth_config(auth_config: Any) -> dict[str, Any] | None:
     if auth_config is None or auth_config == {}:
         return None
+    try:
+        json.dumps(auth_config)
+    except (RecursionError, ValueError):
+        raise InvalidAuthConfig("auth_config is nested too deeply or holds a number too large to store.") from None
     problem = credentials.auth_config_problem(auth_config)
     if problem:
         raise InvalidAuthConfig(problem)
@@ -122,10 +136,15 @@ def validate_params_schema(schema: Any) -> dict[str, Any] | None:
     if not isinstance(schema, dict):
         raise InvalidParamsSchema(f"params_schema must be a JSON Schema object, not {type(schema).__name__}.")
     try:
+        json.dumps(schema)
         schemas.check_schema(schema)
     except schemas.SchemaProblem as exc:
+        details = {"reason": exc.validator} if exc.validator else {}
         raise InvalidParamsSchema(f"params_schema is not a valid JSON Schema at {exc.path}: {exc.message}",
-                                  path=exc.path) from None
+                                  path=exc.path, **details) from None
+    except (RecursionError, ValueError):
+        raise InvalidParamsSchema("params_schema is nested too deeply (or holds a number too large to store).",
+                                  path="$") from None
     return schema
 
 
@@ -135,7 +154,10 @@ def validate_params(params: Any) -> str:
         params = {}
     if not isinstance(params, dict):
         raise InvalidParams(f"params must be a JSON object, not {type(params).__name__}.")
-    text = json.dumps(params, ensure_ascii=False)
+    try:
+        text = json.dumps(params, ensure_ascii=False)
+    except (RecursionError, ValueError):  # nesting beyond the recursion limit; integers over 4300 digits
+        raise InvalidParams("params are nested too deeply or hold a number too large to pass on.") from None
     if len(text.encode("utf-8")) > MAX_PARAMS_BYTES:
         raise InvalidParams(f"params are {len(text.encode())} bytes as JSON; the limit is 1 MiB.")
     return text
@@ -181,6 +203,8 @@ class Registry:
     def _active_row(tx: Statements, skill_id: Any) -> Any:
         if isinstance(skill_id, bool) or not isinstance(skill_id, int):
             raise SkillNotFound(f"Invalid skill id {skill_id!r}; ids are integers.")
+        if not MIN_SKILL_ID <= skill_id <= MAX_SKILL_ID:
+            raise SkillNotFound(f"No active skill with id {skill_id}.")
         row = tx.skill(skill_id)
         if row is None or not row["is_active"]:
             raise SkillNotFound(f"No active skill with id {skill_id}.")
@@ -317,14 +341,23 @@ class Registry:
         with self.store.read() as tx:
             return tx.count_active()
 
+    def health(self) -> int:
+        """The number of active skills, or StorageUnavailable/StorageFull when the database cannot serve."""
+        try:
+            self.store.db.check()
+            return self.count_active()
+        except sqlite3.Error as exc:
+            raise storage_error(exc) from None
+
     def list_summary(self, limit: Any = None, cursor: Any = None) -> dict[str, Any]:
         limit = SUMMARY_DEFAULT_LIMIT if limit is None else limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SUMMARY_MAX_LIMIT:
             raise InvalidLimit(f"Invalid limit {limit!r}.")
         after = 0
         if cursor not in (None, ""):
-            if not isinstance(cursor, str) or not cursor.isdigit():
-                raise InvalidCursor(f"Invalid cursor {cursor!r}.")
+            # isdigit() also accepts '²' and '①', which int() refuses.
+            if not isinstance(cursor, str) or not _CURSOR_RE.fullmatch(cursor) or int(cursor) > MAX_SKILL_ID:
+                raise InvalidCursor(f"Invalid cursor {cursor[:40] if isinstance(cursor, str) else cursor!r}.")
             after = int(cursor)
         with self.store.read() as tx:
             rows = tx.summary_page(after, limit + 1)
@@ -376,7 +409,12 @@ class Registry:
         return runtime.describe()
 
     def prepare_execution(self, skill_id: Any, params: Any, timeout: Any) -> PreparedRun:
-        """Check everything that can be checked before a run: timeout, params, credentials, code."""
+        """Check everything that can be checked before a run: timeout, params, credentials, code.
+
+        Checking params against the params_schema counts against the run's timeout: it gets what is
+        left, and a check that would outlast the timeout stops there (invalid_params, timed_out).
+        """
+        started = time.monotonic()
         timeout_s = validate_timeout(timeout)
         params_json = validate_params(params)
         with self.store.read() as tx:
@@ -384,8 +422,19 @@ class Registry:
         schema = _loads(row["params_schema_json"], None)
         if schema:
             try:
-                schemas.check_params(schema, json.loads(params_json))
+                schemas.check_params(schema, json.loads(params_json),
+                                     deadline_s=timeout_s - (time.monotonic() - started))
+            except schemas.ValidationTimedOut:
+                raise InvalidParams(f"Checking params against the params_schema of {row['name']!r} took longer than "
+                                    f"the run's timeout ({timeout_s:g} s); the skill did not run.",
+                                    hint="Send smaller params, raise timeout, or simplify params_schema with "
+                                         "skill_update.", timed_out=True) from None
             except schemas.SchemaProblem as exc:
+                if exc.validator in ("$ref", "remote_ref"):  # the stored schema itself cannot be evaluated
+                    raise InvalidParamsSchema(f"The params_schema of {row['name']!r} cannot be evaluated: "
+                                              f"{exc.message}", path=exc.path,
+                                              hint=f"Fix it with skill_update(skill_id={row['id']}, "
+                                                   "params_schema=...), or pass {} to remove it.") from None
                 raise InvalidParams(f"params do not match the skill's params_schema at {exc.path}: {exc.message}",
                                     hint=f"Read params_schema with skill_get_detail(skill_id={row['id']}) and fix "
                                          f"{exc.path}.", path=exc.path, validator=exc.validator) from None
@@ -402,7 +451,8 @@ class Registry:
         code = skillmd.parse_body(row["body"]).code
         if code is None:
             raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        return PreparedRun(row["id"], row["name"], row["version"], code, params_json, timeout_s,
+        remaining = timeout_s - (time.monotonic() - started)  # what preparing the run used counts against it
+        return PreparedRun(row["id"], row["name"], row["version"], code, params_json, max(remaining, 0.1),
                            tuple(_loads(row["dependencies_json"], [])),
                            tuple(credentials.required_env_vars(auth)))
 

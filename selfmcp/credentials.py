@@ -52,6 +52,16 @@ def is_credential_name(name: str) -> bool:
     return name in KNOWN_SERVICES or bool(_CREDENTIAL_NAME_RE.match(name))
 
 
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host; urlsplit raises ValueError on e.g. 'http://[::1'."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def auth_config_problem(auth_config: Any) -> str | None:
     """What is wrong with a (non-empty) auth_config, in one sentence; None when it is valid."""
     if not isinstance(auth_config, dict):
@@ -63,7 +73,7 @@ def auth_config_problem(auth_config: Any) -> str | None:
             return f"api_key auth_config needs env_var, an environment variable name; got {env_var!r}."
     elif kind == "oauth2":
         auth_url = auth_config.get("auth_url")
-        if not isinstance(auth_url, str) or urllib.parse.urlsplit(auth_url).scheme not in ("http", "https"):
+        if not isinstance(auth_url, str) or not _is_http_url(auth_url):
             return f"oauth2 auth_config needs auth_url, an http(s) URL; got {auth_url!r}."
         for key in ("client_id_env", "client_secret_env", "token_env"):
             value = auth_config.get(key)

@@ -12,7 +12,10 @@ all come through `error_body`; tests/test_error_shape.py holds every source to i
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import TYPE_CHECKING, Any
+
+import db
 
 if TYPE_CHECKING:
     from selfmcp.redact import Redactor
@@ -37,7 +40,9 @@ class SkillError(Exception):
      ├── InvalidArgument and the other invalid_* codes: bad input, nothing changed
      ├── SkillNotFound, SkillExists, NothingToUpdate: the registry's state says no
      ├── CannotDeleteCoreSkill, CannotRenameCoreSkill: core skills are guarded
-     └── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
+     ├── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
+     ├── StorageUnavailable, StorageFull: the database cannot take the request (nothing changed)
+     └── InternalError, UnknownTool: a bug (logged, never shown) or a tool name the server lacks
     """
 
     code = "skill_error"
@@ -109,3 +114,33 @@ NotExecutable = _error("NotExecutable", "not_executable",
 DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
                                  "Check the requirement names and versions in `installer_tail`, fix them with "
                                  "skill_update, and call skill_execute again.")
+StorageUnavailable = _error("StorageUnavailable", "storage_unavailable",
+                            "Retry in a moment; if it persists, the server's operator must check the database file "
+                            "(SELFMCP_DB_PATH) and the server log.")
+StorageFull = _error("StorageFull", "storage_full",
+                     "The disk holding the skill database is full: the server's operator must free space; writes "
+                     "resume by themselves once there is room. Reads and runs still work.")
+InternalError = _error("InternalError", "internal_error",
+                       "This is a bug in the server, logged with its details; retry once, then report it if it "
+                       "persists.")
+UnknownTool = _error("UnknownTool", "unknown_tool",
+                     "Call tools/list for the tools this server offers (skill_search, skill_execute, ...).")
+
+
+def storage_error(exc: sqlite3.Error) -> SkillError:
+    """What a failure of the database means to a client: storage_full or storage_unavailable."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFull("The disk holding the skill database is full; nothing was changed.")
+    if isinstance(exc, db.StorageUnavailable):
+        return StorageUnavailable(f"{exc} Nothing was changed.",
+                                  hint="The server's operator must put the database file back (or restore a backup) "
+                                       "and restart the server; reads and runs still work.")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StorageUnavailable("The skill database file is damaged; the request was not completed.",
+                                  hint="The server's operator must restore the database from a backup; see the "
+                                       "README's Reliability section.")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StorageUnavailable("The skill database is busy (locked by another writer); nothing was changed.",
+                                  hint="Retry in a moment.")
+    return StorageUnavailable("The skill database could not complete the request; nothing was changed.")
