@@ -445,6 +445,14 @@ def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
     serving.print_owner_password(password, remote, reachable=bool(settings.public_url or settings.is_loopback))
 
 
+def _database_fault(settings: Settings, exc: BaseException) -> int:
+    """Say in one line why the database cannot be used and what to do; the exit status for it."""
+    reason = str(exc) if isinstance(exc, skills.DatabaseOpenFailed) else skills.describe_open_failure(
+        settings.db_path, exc)
+    print(f"selfmcp: cannot use the database (SELFMCP_DB_PATH={settings.db_path}): {reason}", file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -453,7 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
     if args == ["--reset-owner-password"]:
-        password = oauth.reset_owner_password(settings.db_path)
+        try:
+            password = oauth.reset_owner_password(settings.db_path)
+        except (skills.DatabaseOpenFailed, sqlite3.Error) as exc:
+            return _database_fault(settings, exc)
         print(f"New owner password for {settings.db_path}: {password}\n"
               "Every OAuth client is signed out and must sign in again with it.")
         return 0
@@ -463,7 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
-    mcp = create_server(settings)
+    try:
+        mcp = create_server(settings)
+    except (skills.DatabaseOpenFailed, sqlite3.Error) as exc:
+        return _database_fault(settings, exc)
     registry: skills.Registry = mcp.registry
     try:
         execution = registry.runtime().describe()
@@ -471,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
     registry.reembed_in_background()
+    registry.start_upkeep()
     log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
              registry.embedder.model_id)
     serving.log_execution(execution)

@@ -32,7 +32,8 @@ from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, Depend
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
                             NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
-                            InternalError, StorageFull, StorageUnavailable, UnknownTool, storage_error)
+                            DatabaseOpenFailed, InternalError, StorageFull, StorageUnavailable, UnknownTool,
+                            describe_open_failure, storage_error)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
                              ExecutionConfig, ExecutionConfigError,
                              PreparedRun, Progress, Runtime, run_stats)
@@ -44,8 +45,8 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
            "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
-           "SkillExists", "SkillNotFound", "InternalError", "StorageFull", "StorageUnavailable", "UnknownTool",
-           "storage_error"]
+           "SkillExists", "SkillNotFound", "DatabaseOpenFailed", "InternalError", "StorageFull", "StorageUnavailable", "UnknownTool",
+           "describe_open_failure", "storage_error"]
 
 log = logging.getLogger("selfmcp.skills")
 
@@ -63,6 +64,7 @@ MAX_TOP_K = 50
 MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1
 SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
+UPKEEP_INTERVAL_S = 30.0
 
 
 # -------------------------------------------------------------------------- validation
@@ -170,6 +172,14 @@ def validate_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
+# An update whose text changed under it retries with a fresh embedding this many times in all.
+_UPDATE_ATTEMPTS = 3
+
+
+class _TextMoved(Exception):
+    """Raised inside an update's transaction to roll it back and retry (never leaves skills.py)."""
+
+
 def _json_or_none(value: Any) -> str | None:
     return json.dumps(value) if value else None
 
@@ -261,36 +271,49 @@ class Registry:
             current = self._active_row(tx, skill_id)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
-        new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
-        frontmatter = (parsed or skillmd.parse_body(current["body"])).frontmatter
-        entry = self.search_index.prepare(new_name, new_description, frontmatter, embed=False)
-        with self.store.read() as tx:
-            if not self.search_index.has_current_vector(tx, skill_id, entry.text_hash):
-                entry = self.search_index.prepare(new_name, new_description, frontmatter)
-        now = now_text()
-        with self.store.write() as tx:
-            row = self._active_row(tx, skill_id)
-            if "name" in patch and patch["name"] != row["name"]:
-                clash = tx.other_skill_named(patch["name"], skill_id)
-                if clash is not None:
-                    raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
-                                      hint="Choose another name; deleted skills keep their names for reactivation.",
-                                      skill_id=clash["id"])
-            tx.archive_version(skill_id, now=now)
-            tx.patch_skill(skill_id, patch, now=now)
-            new = tx.skill(skill_id)
-            tx.archive_version(skill_id, now=now)
-            if (new["name"], new["description"], new["body"]) != (new_name, new_description,
-                                                                   patch.get("body", current["body"])):
-                # A concurrent update changed the text between our read and this transaction.
-                entry = self.search_index.prepare(new["name"], new["description"],
-                                                  skillmd.parse_body(new["body"]).frontmatter, embed=False)
-            stale = entry.vector is None and not self.search_index.has_current_vector(tx, skill_id, entry.text_hash)
-            if stale:  # a missing vector is what the re-embed pass looks for
-                tx.delete_embedding(skill_id)
-            self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
+        texts = (patch.get("name", current["name"]), patch.get("description", current["description"]),
+                 (parsed or skillmd.parse_body(current["body"])).frontmatter)
+        moved = False
+        for attempt in range(_UPDATE_ATTEMPTS):
+            entry = self.search_index.prepare(*texts, embed=False)
+            with self.store.read() as tx:
+                if not self.search_index.has_current_vector(tx, skill_id, entry.text_hash):
+                    entry = self.search_index.prepare(*texts)
+            now = now_text()
+            try:
+                with self.store.write() as tx:
+                    row = self._active_row(tx, skill_id)
+                    if "name" in patch and patch["name"] != row["name"]:
+                        clash = tx.other_skill_named(patch["name"], skill_id)
+                        if clash is not None:
+                            raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
+                                              hint="Choose another name; deleted skills keep their names for "
+                                                   "reactivation.", skill_id=clash["id"])
+                    tx.archive_version(skill_id, now=now)
+                    tx.patch_skill(skill_id, patch, now=now)
+                    new = tx.skill(skill_id)
+                    tx.archive_version(skill_id, now=now)
+                    texts = (new["name"], new["description"], skillmd.parse_body(new["body"]).frontmatter)
+                    actual = self.search_index.prepare(*texts, embed=False)
+                    if actual.text_hash != entry.text_hash:
+                        # A concurrent update changed the text between our read and this transaction: the
+                        # vector computed is for the wrong text. Roll back and embed the text as it is now.
+                        if not self.search_index.has_current_vector(tx, skill_id, actual.text_hash) and (
+                                attempt + 1 < _UPDATE_ATTEMPTS):
+                            raise _TextMoved()
+                        entry, moved = actual, True
+                    stale = entry.vector is None and not self.search_index.has_current_vector(tx, skill_id,
+                                                                                              entry.text_hash)
+                    if stale:  # a missing vector is what the re-embed pass looks for
+                        tx.delete_embedding(skill_id)
+                    self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
+            except _TextMoved:
+                continue
+            break
         if entry.vector is not None or stale:
             self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
+        if stale and moved:  # the text kept moving under us: the upkeep embeds it now, not at the next restart
+            self.search_index.reembed_in_background()
         return {"id": skill_id, "name": new["name"], "version": new["version"],
                 "updated_fields": sorted(k.removesuffix("_json") for k in patch)}
 
@@ -383,6 +406,32 @@ class Registry:
 
     def reembed_in_background(self) -> threading.Thread | None:
         return self.search_index.reembed_in_background()
+
+    def upkeep(self) -> None:
+        """One round of background upkeep: notice a removed or replaced database file (logged; writes are
+        refused meanwhile), checkpoint the write-ahead log, re-embed any skill whose vector is missing."""
+        if self.store.db.problem():
+            return
+        try:
+            self.store.db.checkpoint()
+            if self.search_index.stale_embeddings(limit=1):
+                self.search_index.reembed_in_background()
+        except sqlite3.Error as exc:
+            log.warning("upkeep: %s", exc)
+
+    def start_upkeep(self, interval_s: float = UPKEEP_INTERVAL_S) -> threading.Event:
+        """Run `upkeep()` every `interval_s` seconds in a daemon thread; set the returned event to stop it."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval_s):
+                try:
+                    self.upkeep()
+                except Exception:  # the loop must outlive one bad round; the traceback is logged
+                    log.exception("upkeep round failed")
+
+        threading.Thread(target=loop, name="selfmcp-upkeep", daemon=True).start()
+        return stop
 
     def auth_url(self, skill_id: Any) -> dict[str, Any]:
         with self.store.read() as tx:

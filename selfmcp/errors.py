@@ -127,6 +127,11 @@ UnknownTool = _error("UnknownTool", "unknown_tool",
                      "Call tools/list for the tools this server offers (skill_search, skill_execute, ...).")
 
 
+# The database could not be opened at start-up: one line saying what is wrong and what to do.
+DatabaseOpenFailed = db.OpenFailed
+describe_open_failure = db.describe_open_failure
+
+
 def storage_error(exc: sqlite3.Error) -> SkillError:
     """What a failure of the database means to a client: storage_full or storage_unavailable."""
     code = getattr(exc, "sqlite_errorcode", None)

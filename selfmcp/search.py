@@ -367,13 +367,20 @@ class Search:
                 log.warning("re-embedding paused: the active model is not answering")
                 break
             now = now_text()
+            written = []
             with self.store.write() as tx:
+                # An update may have changed a text while it was embedded: keep only vectors of the text as it is.
+                current = {r["id"]: r for r in tx.texts([row["id"] for row in rows])}
                 for row, text, vector in zip(rows, texts, vectors, strict=True):
+                    now_row = current.get(row["id"])
+                    if now_row is None or tuple(now_row) != tuple(row):
+                        continue
                     tx.upsert_embedding(row["id"], encode(vector), int(vector.shape[0]), model, content_hash(text),
                                         now=now)
-            for row, vector in zip(rows, vectors, strict=True):
-                self.after_commit(row["id"], vector, model, active=True)
-            done += len(rows)
+                    written.append((row["id"], vector))
+            for skill_id, vector in written:
+                self.after_commit(skill_id, vector, model, active=True)
+            done += len(written)
             if progress is not None:
                 progress(done, len(stale))
         return done
@@ -385,8 +392,14 @@ class Search:
 
         def work() -> None:
             try:
-                count = self.reembed_stale(progress=lambda done, total: log.info(
-                    "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
+                count = 0
+                # Writes during a pass may leave new gaps (their own kick found this pass running): go again.
+                for _ in range(10):
+                    done = self.reembed_stale(progress=lambda done, total: log.info(
+                        "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
+                    count += done
+                    if not done or not self.stale_embeddings(limit=1):
+                        break
                 if count:
                     log.info("re-embedding finished: %d skills", count)
             except Exception:
