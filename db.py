@@ -275,7 +275,8 @@ def open_checked(path: str | os.PathLike[str]) -> None:
         with contextlib.closing(connect(path, migrate_schema=False)) as conn:
             verdict = [row[0] for row in conn.execute("pragma quick_check(3)")]
             if verdict != ["ok"]:
-                raise OpenFailed(f"{path} is damaged (integrity check: {'; '.join(verdict)}): move it aside and "
+                found = " ".join(" ".join(verdict).split())[:200]  # one line, however SQLite words it
+                raise OpenFailed(f"{path} is damaged (integrity check: {found}): move it aside and "
                                  f"restore a backup; the file was left as it is.")
             migrate(conn)
     except (sqlite3.Error, OSError) as exc:
