@@ -161,20 +161,28 @@ async def test_writes_are_refused_once_the_database_file_is_removed_replaced_or_
 
 # --------------------------------------------------- 4. concurrent text updates and the embedding
 
-async def test_concurrent_text_updates_never_leave_a_skill_without_its_embedding(server):
-    ledger = Ledger()
-    async with Client(server.url) as a, Client(server.url, mode="legacy") as b:
+class SlowEmbedder(FakeEmbedder):
+    """A model that takes a while to answer, as a remote one does: concurrent updates overlap."""
+
+    def embed(self, texts):
+        time.sleep(0.05)
+        return super().embed(texts)
+
+
+async def test_concurrent_text_updates_never_leave_a_skill_without_its_embedding(tmp_path):
+    db_path, torn = tmp_path / "race.db", []
+    server = create_server(Settings(db_path=db_path, transport="stdio", embedder=SlowEmbedder()))
+    async with Client(server) as a, Client(server, mode="legacy") as b:
         skill_id = (await create(a, "race-target")).structured_content["id"]
-        for round_ in range(25):
-            async with anyio.create_task_group() as tg:
+        for round_ in range(20):
+            async with anyio.create_task_group() as tg:  # a rename and a new description of one skill at once
                 tg.start_soon(a.call_tool, "skill_update", {"skill_id": skill_id, "name": f"race-target-{round_}"})
                 tg.start_soon(b.call_tool, "skill_update", {"skill_id": skill_id,
-                                                            "description": f"racing description number {round_}"})
-            state = verify(server.db_path, ledger)
-            assert state["torn_skills"] == 0, (round_, state["torn_examples"])
-        found = await a.call_tool("skill_search", {"query": "racing description number 24", "mode": "vector",
-                                                   "top_k": 5})
-        assert skill_id in [r["id"] for r in found.structured_content["results"]]
+                                                            "description": f"racing description {round_}"})
+            torn.extend(verify(db_path, Ledger())["torn_examples"])
+        found = await a.call_tool("skill_search", {"query": "racing description 19", "mode": "vector", "top_k": 5})
+    assert torn == []  # checked after every round: the old code dropped the vector in most of them
+    assert skill_id in [r["id"] for r in found.structured_content["results"]]
 
 
 # ----------------------------------------------------------------- 5. every input gets the shape
