@@ -303,7 +303,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
         history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
         invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
-        invalid_params_schema.
+        invalid_params_schema (also for a $ref outside the schema, or a pattern RE2 cannot run);
+        storage_full or storage_unavailable when the server's database cannot take writes (nothing changed).
         """
         return registry.create(name, description, body, dependencies, auth_config, params_schema)
 
@@ -320,8 +321,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
         The previous content stays in the version history. Returns {id, name, version, updated_fields}.
-        Errors: skill_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists (name taken),
-        and the validation codes of skill_create.
+        Errors: skill_not_found, invalid_argument (skill_id not an integer), nothing_to_update,
+        cannot_rename_core_skill, skill_exists (name taken), and the other codes of skill_create.
         """
         return registry.update(skill_id, name=name, description=description, body=body,
                                dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
@@ -331,7 +332,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Soft-delete a skill: it disappears from search and listings, its history is kept.
 
         skill_create with the same name later reactivates it (same id, version continues).
-        Returns {id, name, version, deleted}. Errors: skill_not_found, cannot_delete_core_skill.
+        Returns {id, name, version, deleted}. Errors: skill_not_found, invalid_argument,
+        cannot_delete_core_skill, storage_full, storage_unavailable.
         """
         return registry.delete(skill_id)
 

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 
 _FRONTMATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_PY_BLOCK = re.compile(r"^```[ \t]*(?:python|py|python3)[ \t]*\r?\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+_PY_OPEN = re.compile(r"```[ \t]*(?:python|py|python3)[ \t]*\r?")
+_PY_CLOSE = re.compile(r"```[ \t]*")
 _FENCE = re.compile(r"^```", re.MULTILINE)
 
 
@@ -61,8 +62,29 @@ def parse_body(body: str) -> ParsedBody:
         return ParsedBody(is_markdown=False, code=body)
     match = _FRONTMATTER.match(body)
     frontmatter = parse_frontmatter(match.group(1)) if match else {}
-    blocks = _PY_BLOCK.findall(body)
+    blocks = _python_blocks(body)
     return ParsedBody(is_markdown=True, frontmatter=frontmatter, code="\n\n".join(blocks) if blocks else None)
+
+
+def _python_blocks(body: str) -> list[str]:
+    """The contents of the ```python blocks, each up to the first closing ``` line after its opening.
+
+    One pass over the lines: a single regex over the whole body was quadratic in the number of
+    unclosed openings, and a 256 KiB body of them held the interpreter for minutes.
+    """
+    lines = body.split("\n")
+    blocks: list[str] = []
+    i = 0
+    while i < len(lines) - 1:  # an opening line needs the newline after it
+        if not _PY_OPEN.fullmatch(lines[i]):
+            i += 1
+            continue
+        close = next((j for j in range(i + 1, len(lines)) if _PY_CLOSE.fullmatch(lines[j])), None)
+        if close is None:  # no closing line anywhere below: no later opening has one either
+            break
+        blocks.append("".join(line + "\n" for line in lines[i + 1:close]))
+        i = close + 1
+    return blocks
 
 
 def frontmatter_search_text(frontmatter: dict[str, object]) -> str:

@@ -412,3 +412,14 @@ async def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path):
         assert state["torn_skills"] == 0, state["torn_examples"]
     finally:
         running.stop()
+
+
+# ------------------------------------------------- every other place client input meets a regex
+
+async def test_a_body_of_unclosed_python_fences_does_not_stall_the_server(server):
+    async with Client(server.url) as client:
+        with anyio.fail_after(60):  # the old single-regex scan took minutes on this body
+            result = await create(client, "many-fences", body="```python\n" * 25000)
+        assert not result.is_error, result
+        assert_error(await client.call_tool("skill_execute", {"skill_id": result.structured_content["id"]}),
+                     "not_executable")
