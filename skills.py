@@ -27,6 +27,7 @@ from typing import Any
 
 from embeddings import Embedder
 from selfmcp import core_skills, credentials, depenv, schemas, skillmd
+from selfmcp import upkeep as background
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
@@ -64,7 +65,6 @@ MAX_TOP_K = 50
 MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1
 SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
-UPKEEP_INTERVAL_S = 30.0
 
 
 # -------------------------------------------------------------------------- validation
@@ -407,31 +407,13 @@ class Registry:
     def reembed_in_background(self) -> threading.Thread | None:
         return self.search_index.reembed_in_background()
 
-    def upkeep(self) -> None:
-        """One round of background upkeep: notice a removed or replaced database file (logged; writes are
-        refused meanwhile), checkpoint the write-ahead log, re-embed any skill whose vector is missing."""
-        if self.store.db.problem():
-            return
-        try:
-            self.store.db.checkpoint()
-            if self.search_index.stale_embeddings(limit=1):
-                self.search_index.reembed_in_background()
-        except sqlite3.Error as exc:
-            log.warning("upkeep: %s", exc)
+    def upkeep(self) -> threading.Thread | None:
+        """One round of background upkeep: file check, log checkpoint, re-embedding (selfmcp.upkeep)."""
+        return background.upkeep_round(self.store.db, self.search_index)
 
-    def start_upkeep(self, interval_s: float = UPKEEP_INTERVAL_S) -> threading.Event:
+    def start_upkeep(self, interval_s: float = background.UPKEEP_INTERVAL_S) -> threading.Event:
         """Run `upkeep()` every `interval_s` seconds in a daemon thread; set the returned event to stop it."""
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.wait(interval_s):
-                try:
-                    self.upkeep()
-                except Exception:  # the loop must outlive one bad round; the traceback is logged
-                    log.exception("upkeep round failed")
-
-        threading.Thread(target=loop, name="selfmcp-upkeep", daemon=True).start()
-        return stop
+        return background.start(self.store.db, self.search_index, interval_s)
 
     def auth_url(self, skill_id: Any) -> dict[str, Any]:
         with self.store.read() as tx:

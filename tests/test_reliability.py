@@ -185,6 +185,20 @@ async def test_concurrent_text_updates_never_leave_a_skill_without_its_embedding
     assert skill_id in [r["id"] for r in found.structured_content["results"]]
 
 
+async def test_the_upkeep_round_re_embeds_a_skill_whose_vector_went_missing(tmp_path):
+    reg = skills.Registry(tmp_path / "u.db", FakeEmbedder())
+    reg.seed_core_skills()
+    async with Client(create_server(Settings(db_path=tmp_path / "u.db", transport="stdio"), reg)) as client:
+        skill_id = (await create(client, "lost-vector", description="turns invoices into ledgers")).structured_content["id"]
+        with contextlib.closing(sqlite3.connect(tmp_path / "u.db")) as conn, conn:
+            conn.execute("delete from skill_embeddings where skill_id = ?", (skill_id,))
+        assert verify(tmp_path / "u.db", Ledger())["torn_skills"] == 1
+        reg.upkeep().join()  # what the 30-second timer runs
+        assert verify(tmp_path / "u.db", Ledger())["torn_skills"] == 0
+        found = await client.call_tool("skill_search", {"query": "turns invoices into ledgers", "mode": "vector"})
+        assert found.structured_content["results"][0]["id"] == skill_id
+
+
 # ----------------------------------------------------------------- 5. every input gets the shape
 
 BIG = 2**63
