@@ -1,4 +1,4 @@
-"""Text embeddings for skill search, and the in-memory vector index.
+"""Text embeddings for skill search.
 
 Embedders turn texts into L2-normalised float32 rows. Which one runs is decided by
 `make_embedder()`:
@@ -11,7 +11,7 @@ Embedders turn texts into L2-normalised float32 rows. Which one runs is decided 
   (optional: needs the sentence-transformers package and torch).
 
 Every vector is stored with the id of the model that made it; vectors of different
-models are never compared (`VectorIndex` holds one model's vectors).
+models are never compared (selfmcp/search.py keeps one in-memory index per model).
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import hashlib
 import logging
 import os
 import re
-import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -226,85 +224,3 @@ def make_embedder(model: str | None, *, use_remote: bool, api_base: str | None =
     if model in LOCAL_MODEL_NAMES or not use_remote:
         return offline
     return FallbackEmbedder(LiteLLMEmbedder(model or "text-embedding-3-small", api_base), offline)
-
-
-class QueryCache:
-    """A small LRU of query text -> (vector, model id), so repeated searches skip embedding."""
-
-    def __init__(self, size: int = 512) -> None:
-        self.size = size
-        self._items: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[np.ndarray, str] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, value: tuple[np.ndarray, str]) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
-class VectorIndex:
-    """One model's vectors in a contiguous matrix, kept in step with writes.
-
-    Rows are L2-normalised, so cosine similarity is one matrix-vector product.
-    Removal swaps the last row into the hole, keeping the matrix dense.
-    """
-
-    def __init__(self, model_id: str, dim: int) -> None:
-        self.model_id = model_id
-        self.dim = dim
-        self._matrix = np.zeros((64, dim), dtype=np.float32)
-        self._ids = np.zeros(64, dtype=np.int64)
-        self._row_of: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._row_of)
-
-    def __contains__(self, skill_id: int) -> bool:
-        return skill_id in self._row_of
-
-    def upsert(self, skill_id: int, vector: np.ndarray) -> None:
-        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.dim:
-            raise ValueError(f"vector of dimension {vector.shape[0]} in an index of dimension {self.dim}")
-        with self._lock:
-            row = self._row_of.get(skill_id)
-            if row is None:
-                row = len(self._row_of)
-                if row >= self._matrix.shape[0]:
-                    grow = max(64, self._matrix.shape[0])
-                    self._matrix = np.vstack([self._matrix, np.zeros((grow, self.dim), np.float32)])
-                    self._ids = np.concatenate([self._ids, np.zeros(grow, np.int64)])
-                self._row_of[skill_id] = row
-                self._ids[row] = skill_id
-            self._matrix[row] = vector
-
-    def remove(self, skill_id: int) -> None:
-        with self._lock:
-            row = self._row_of.pop(skill_id, None)
-            if row is None:
-                return
-            last = len(self._row_of)
-            if row != last:
-                moved = int(self._ids[last])
-                self._matrix[row] = self._matrix[last]
-                self._ids[row] = moved
-                self._row_of[moved] = row
-
-    def similarities(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine of `query` with every row: (skill ids, similarities), unordered."""
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise ValueError(f"query of dimension {query.shape[0]} against an index of dimension {self.dim}")
-        with self._lock:
-            n = len(self._row_of)
-            return self._ids[:n].copy(), self._matrix[:n] @ query

@@ -103,7 +103,7 @@ class Settings:
             log_level=level,
             environ=env,
             **_remote_settings(env, transport, host, port),
-            execution=_execution_settings(env),
+            execution=_execution_settings(env, public=transport != "stdio" and not http_security.is_loopback(host)),
         )
 
     @property
@@ -120,9 +120,9 @@ class Settings:
         return http_security.HostAllowList.for_server(self.host, self.base_url, self.allowed_hosts)
 
 
-def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
-    """SELFMCP_ENV_DIR, SELFMCP_EXEC_MEMORY_MB, SELFMCP_EXEC_MAX_OUTPUT, SELFMCP_EXEC_CONCURRENCY,
-    SELFMCP_SANDBOX, SELFMCP_SANDBOX_NETWORK, SELFMCP_SKILL_ENV."""
+def _execution_settings(env: Mapping[str, str], *, public: bool = False) -> skills.ExecutionConfig:
+    """SELFMCP_ENV_DIR, _EXEC_MEMORY_MB, _EXEC_MAX_OUTPUT, _EXEC_CONCURRENCY, _EXEC_MAX_PROCS, _EXEC_DISK_MB,
+    _SANDBOX, _SANDBOX_NETWORK, _SKILL_ENV, _ALLOW_SOURCE_BUILDS; `public`: unconfined runs are refused."""
 
     def number(name: str, default: int, low: int) -> int:
         text = env.get(name, "").strip()
@@ -137,8 +137,11 @@ def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
         return value
 
     sandbox = (env.get("SELFMCP_SANDBOX") or "auto").strip().lower()
-    if sandbox not in ("auto", "bwrap", "none"):
-        raise ConfigError(f"SELFMCP_SANDBOX={sandbox!r} is not one of auto, bwrap, none.")
+    if sandbox not in ("auto", "bwrap", "landlock", "none"):
+        raise ConfigError(f"SELFMCP_SANDBOX={sandbox!r} is not one of auto, bwrap, landlock, none.")
+    builds = (env.get("SELFMCP_ALLOW_SOURCE_BUILDS") or "0").strip().lower()
+    if builds not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"SELFMCP_ALLOW_SOURCE_BUILDS={builds!r} is not 0 or 1.")
     network = (env.get("SELFMCP_SANDBOX_NETWORK") or "1").strip().lower()
     if network not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
         raise ConfigError(f"SELFMCP_SANDBOX_NETWORK={network!r} is not 0 or 1.")
@@ -153,6 +156,10 @@ def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
         sandbox=sandbox,
         sandbox_network=network in ("1", "true", "yes", "on"),
         skill_env=skill_env,
+        max_processes=number("SELFMCP_EXEC_MAX_PROCS", 128, 1),
+        workdir_mb=number("SELFMCP_EXEC_DISK_MB", 256, 1),
+        allow_source_builds=builds in ("1", "true", "yes", "on"),
+        public_bind=public,
     )
 
 

@@ -212,9 +212,11 @@ class Registry:
     @staticmethod
     def _active_row(tx: Statements, skill_id: Any) -> Any:
         if isinstance(skill_id, bool) or not isinstance(skill_id, int):
-            raise SkillNotFound(f"Invalid skill id {skill_id!r}; ids are integers.")
+            raise InvalidArgument(f"Invalid skill id {skill_id!r}; ids are integers.",
+                                  hint="Pass the numeric id from skill_list_summary or skill_search.")
         if not MIN_SKILL_ID <= skill_id <= MAX_SKILL_ID:
-            raise SkillNotFound(f"No active skill with id {skill_id}.")
+            raise InvalidArgument(f"Invalid skill id {skill_id}; ids fit in 64 bits.",
+                                  hint="Pass the numeric id from skill_list_summary or skill_search.")
         row = tx.skill(skill_id)
         if row is None or not row["is_active"]:
             raise SkillNotFound(f"No active skill with id {skill_id}.")

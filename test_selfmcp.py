@@ -157,7 +157,8 @@ async def test_about_prints_one_section_and_lists_sections_for_an_unknown_one(re
     assert "replit_setup" in json.loads(bad["stdout"])["available_sections"]
     everything = json.loads((await reg.execute(about, {}, 10))["stdout"])["sections"]
     assert set(everything) == {"source_code", "interface", "transport", "persistence", "versioning",
-                               "execution", "auth", "bootstrap_tools", "search", "replit_setup"}
+                               "execution", "sandbox", "in_force", "auth", "bootstrap_tools", "search",
+                               "replit_setup"}
 
 
 @pytest.mark.anyio

@@ -106,7 +106,8 @@ CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skil
                                "Core skills stay in the registry; update their body or description instead.")
 CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",
                                "Core skills keep their names; leave name out of the update.")
-MissingCredentials = _error("MissingCredentials", "missing_credentials", "")
+MissingCredentials = _error("MissingCredentials", "missing_credentials",
+                            "Call skill_auth_url for how to supply the missing credentials, then run it again.")
 NoAuthConfig = _error("NoAuthConfig", "no_auth_config",
                       "This skill declares no auth_config, so it needs no setup; call skill_execute directly.")
 NotExecutable = _error("NotExecutable", "not_executable",
@@ -114,6 +115,10 @@ NotExecutable = _error("NotExecutable", "not_executable",
 DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
                                  "Check the requirement names and versions in `installer_tail`, fix them with "
                                  "skill_update, and call skill_execute again.")
+SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
+                            "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
+                            "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "
+                            "SELFMCP_HOST=127.0.0.1.")
 StorageUnavailable = _error("StorageUnavailable", "storage_unavailable",
                             "Retry in a moment; if it persists, the server's operator must check the database file "
                             "(SELFMCP_DB_PATH) and the server log.")

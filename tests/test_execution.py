@@ -540,7 +540,8 @@ async def test_params_are_checked_against_the_schema_before_the_run(tmp_path, pa
         assert detail["params_schema"] == CITY_SCHEMA
         error = assert_error(await execute(client, sid, params), "invalid_params")
         assert error["path"] == path
-        assert detail["runs"]["count"] == 0
+        after_refusal = body_of(await client.call_tool("skill_get_detail", {"skill_id": sid}))
+        assert after_refusal["runs"]["count"] == 0  # a refused run is not recorded
         ok = body_of(await execute(client, sid, {"city": "Oslo"}))
         assert json.loads(ok["stdout"]) == {"city": "Oslo"}
 

@@ -35,16 +35,22 @@ async def serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
 
 
 def log_execution(info: dict[str, Any]) -> None:
-    """Say at start-up how skills run: sandbox, limits, environments."""
+    """Say at start-up how skills run: sandbox, the limits in force (and which are weaker), environments."""
     log.info("skill runs: sandbox %s%s, environment %s, %d MiB memory, %d bytes of output per stream, "
-             "%d at once, dependency environments in %s (%s); %d secret values redacted",
+             "%d at once, dependency environments in %s (%s, %s); %d secret values redacted",
              info["sandbox"], "" if info["sandbox_network"] else " without network", info["skill_env"],
              info["memory_mb"], info["max_output_bytes"], info["concurrency"], info["env_dir"],
-             info["installer"], info["redacted_variables"])
-    if info["sandbox_note"]:
-        log.warning("SELFMCP_SANDBOX=auto: running skills WITHOUT a sandbox because %s. Install bubblewrap "
-                    "(apt-get install bubblewrap) to isolate them, or set SELFMCP_SANDBOX=none to accept this.",
-                    info["sandbox_note"])
+             info["installer"], "source builds allowed" if info["source_builds"] else "wheels only",
+             info["redacted_variables"])
+    for what, text in info["in_force"].items():
+        log.info("skill runs, %s: %s", what, text)
+    if info["sandbox_note"] and info["sandbox"] != "bwrap":
+        log.warning("SELFMCP_SANDBOX=auto: no bubblewrap because %s; runs are confined by %s. Install bubblewrap "
+                    "(apt-get install bubblewrap) for the full sandbox.", info["sandbox_note"], info["sandbox"])
+    if info["sandbox"] == "none":
+        log.warning("SKILL RUNS ARE NOT CONFINED: a skill can read this server's database and files%s.",
+                    "; skill_execute refuses to run on this public bind (set SELFMCP_SANDBOX=none to accept)"
+                    if info["refused"] else "")
 
 
 def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts: HostAllowList,
