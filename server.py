@@ -29,8 +29,8 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import redact
-from selfmcp.errors import error_body
+from selfmcp import redact, upkeep
+from selfmcp.errors import DatabaseOpenFailed, InternalError, UnknownTool, argument_error, storage_error
 from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
@@ -200,35 +200,15 @@ def error_result(payload: dict[str, Any]) -> CallToolResult:
                           structured_content=payload, is_error=True)
 
 
-# Arguments the SDK rejects against the input schema get the same codes the registry uses.
-_ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
-    "name": skills.InvalidName, "description": skills.InvalidDescription, "body": skills.InvalidBody,
-    "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
-    "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
-    "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema,
-}
-
-
-_SKILL_ID_HINT = ("Pass skill_id as a JSON integer (no quotes, not true/false), an id from skill_search or "
-                  "skill_list_summary.")
-
-
 def failure_payload(exc: BaseException) -> dict[str, Any] | None:
     """The error payload for what a tool call raised (None: not a failure we know how to explain)."""
     if isinstance(exc, skills.SkillError):
         return exc.payload()
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        field_name = str(first["loc"][0]) if first.get("loc") else ""
-        cls = _ARGUMENT_CODES.get(field_name, skills.InvalidArgument)
-        hint = _SKILL_ID_HINT if field_name == "skill_id" else cls.hint
-        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-        return error_body(cls.code, f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.",
-                          hint, fields=fields)
+        return argument_error(exc)
     if isinstance(exc, sqlite3.Error):
         log.warning("storage error: %s", exc)
-        return skills.storage_error(exc).payload()
+        return storage_error(exc).payload()
     return None
 
 
@@ -248,22 +228,21 @@ class SelfMCPServer(MCPServer):
             raise
         except Exception as exc:  # noqa: BLE001 - the one conversion of any failure; cancellation is not caught
             if isinstance(exc, ToolError) and exc.__cause__ is None and self._tool_manager.get_tool(name) is None:
-                return error_result(skills.UnknownTool(f"There is no tool named {name!r}.").payload())
+                return error_result(UnknownTool(f"There is no tool named {name!r}.").payload())
             cause = exc.__cause__ if isinstance(exc, ToolError) and exc.__cause__ is not None else exc
             while isinstance(cause, ToolError) and cause.__cause__ is not None:  # a nested tool's wrapper
                 cause = cause.__cause__
             payload = failure_payload(cause)
             if payload is None:
                 log.error("tool %r failed unexpectedly", name, exc_info=cause)
-                payload = skills.InternalError(f"{name} failed because of an unexpected error in the server.").payload()
+                payload = InternalError(f"{name} failed because of an unexpected error in the server.").payload()
             return error_result(payload)
 
 
 # ------------------------------------------------------------------------------- tools
 
-# strict: the SDK validates in lax mode, where "1" and true would become skill 1.
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.",
-                               strict=True, ge=skills.MIN_SKILL_ID, le=skills.MAX_SKILL_ID)]
+                               strict=True, ge=skills.MIN_SKILL_ID, le=skills.MAX_SKILL_ID)]  # strict: no "1"/true
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -310,8 +289,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
         history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
         invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
-        invalid_params_schema (also for a $ref outside the schema, or a pattern RE2 cannot run);
-        storage_full or storage_unavailable when the server's database cannot take writes (nothing changed).
+        invalid_params_schema (e.g. a $ref outside the schema), storage_full, storage_unavailable.
         """
         return registry.create(name, description, body, dependencies, auth_config, params_schema)
 
@@ -339,8 +317,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Soft-delete a skill: it disappears from search and listings, its history is kept.
 
         skill_create with the same name later reactivates it (same id, version continues).
-        Returns {id, name, version, deleted}. Errors: skill_not_found, invalid_argument,
-        cannot_delete_core_skill, storage_full, storage_unavailable.
+        Returns {id, name, version, deleted}. Errors: skill_not_found, cannot_delete_core_skill, invalid_argument.
         """
         return registry.delete(skill_id)
 
@@ -422,12 +399,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     async def health(request):  # noqa: ANN001 - Starlette request
         from starlette.responses import JSONResponse
 
-        try:
-            count = await anyio.to_thread.run_sync(registry.health)
-        except skills.SkillError as exc:  # storage_unavailable / storage_full: not a healthy server
-            return JSONResponse({"status": "unavailable", **exc.payload(), "transport": settings.transport},
-                                status_code=503)
-        return JSONResponse({"status": "ok", "skills": count, "transport": settings.transport})
+        status, body = await anyio.to_thread.run_sync(upkeep.health, registry.store)  # 503 when the database cannot serve
+        return JSONResponse({**body, "transport": settings.transport}, status_code=status)
 
     if settings.transport != "stdio":
         consent.add_routes(mcp, remote)  # consent page, root resource metadata, landing
@@ -454,14 +427,6 @@ def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
     serving.print_owner_password(password, remote, reachable=bool(settings.public_url or settings.is_loopback))
 
 
-def _database_fault(settings: Settings, exc: BaseException) -> int:
-    """Say in one line why the database cannot be used and what to do; the exit status for it."""
-    reason = str(exc) if isinstance(exc, skills.DatabaseOpenFailed) else skills.describe_open_failure(
-        settings.db_path, exc)
-    print(f"selfmcp: cannot use the database (SELFMCP_DB_PATH={settings.db_path}): {reason}", file=sys.stderr)
-    return 1
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -472,8 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["--reset-owner-password"]:
         try:
             password = oauth.reset_owner_password(settings.db_path)
-        except (skills.DatabaseOpenFailed, sqlite3.Error) as exc:
-            return _database_fault(settings, exc)
+        except (DatabaseOpenFailed, sqlite3.Error) as exc:
+            return serving.database_fault(settings.db_path, exc)
         print(f"New owner password for {settings.db_path}: {password}\n"
               "Every OAuth client is signed out and must sign in again with it.")
         return 0
@@ -485,18 +450,16 @@ def main(argv: list[str] | None = None) -> int:
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
     try:
         mcp = create_server(settings)
-    except (skills.DatabaseOpenFailed, sqlite3.Error) as exc:
-        return _database_fault(settings, exc)
+    except (DatabaseOpenFailed, sqlite3.Error) as exc:
+        return serving.database_fault(settings.db_path, exc)
     registry: skills.Registry = mcp.registry
     try:
         execution = registry.runtime().describe()
     except skills.ExecutionConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
-    registry.reembed_in_background()
-    registry.start_upkeep()
-    log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
-             registry.embedder.model_id)
+    upkeep.start(registry.store.db, registry.search_index)  # now (re-embedding what is missing), then every 30 s
+    log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path, registry.embedder.model_id)
     serving.log_execution(execution)
     if protocol_fds is not None:
         anyio.run(serving.serve_stdio, mcp, protocol_fds)

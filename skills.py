@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Mapping
@@ -27,18 +26,16 @@ from typing import Any
 
 from embeddings import Embedder
 from selfmcp import core_skills, credentials, depenv, schemas, skillmd
-from selfmcp import upkeep as background
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
-                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
-                            DatabaseOpenFailed, InternalError, StorageFull, StorageUnavailable, UnknownTool,
-                            describe_open_failure, storage_error)
+                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
                              ExecutionConfig, ExecutionConfigError,
                              PreparedRun, Progress, Runtime, run_stats)
-from selfmcp.search import SEARCH_MODES, Search, split_words as split_words
+from selfmcp.schemas import validated_schema as validate_params_schema
+from selfmcp.search import SEARCH_MODES, Search, TextMoved, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
 
 __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallFailed", "ExecutionConfig",
@@ -46,13 +43,12 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
            "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
-           "SkillExists", "SkillNotFound", "DatabaseOpenFailed", "InternalError", "StorageFull", "StorageUnavailable", "UnknownTool",
-           "describe_open_failure", "storage_error"]
+           "SkillExists", "SkillNotFound"]
 
 log = logging.getLogger("selfmcp.skills")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_CURSOR_RE = re.compile(r"[0-9]{1,19}")
+_CURSOR_RE = re.compile(r"[0-9]{1,19}")  # not str.isdigit(): it accepts '²' and '①', which int() refuses
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -63,6 +59,7 @@ DEFAULT_TIMEOUT_S = 30
 MAX_TOP_K = 50
 # SQLite's INTEGER range: a larger id can name no row (and would overflow the driver).
 MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1
+UPDATE_ATTEMPTS = 3
 SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
 
@@ -122,32 +119,11 @@ def validate_dependencies(dependencies: Any) -> list[str]:
 def validate_auth_config(auth_config: Any) -> dict[str, Any] | None:
     if auth_config is None or auth_config == {}:
         return None
-    try:
-        json.dumps(auth_config)
-    except (RecursionError, ValueError):
-        raise InvalidAuthConfig("auth_config is nested too deeply or holds a number too large to store.") from None
+    _json_text(auth_config, InvalidAuthConfig, "auth_config")
     problem = credentials.auth_config_problem(auth_config)
     if problem:
         raise InvalidAuthConfig(problem)
     return auth_config
-
-
-def validate_params_schema(schema: Any) -> dict[str, Any] | None:
-    if schema is None or schema == {}:
-        return None
-    if not isinstance(schema, dict):
-        raise InvalidParamsSchema(f"params_schema must be a JSON Schema object, not {type(schema).__name__}.")
-    try:
-        json.dumps(schema)
-        schemas.check_schema(schema)
-    except schemas.SchemaProblem as exc:
-        details = {"reason": exc.validator} if exc.validator else {}
-        raise InvalidParamsSchema(f"params_schema is not a valid JSON Schema at {exc.path}: {exc.message}",
-                                  path=exc.path, **details) from None
-    except (RecursionError, ValueError):
-        raise InvalidParamsSchema("params_schema is nested too deeply (or holds a number too large to store).",
-                                  path="$") from None
-    return schema
 
 
 def validate_params(params: Any) -> str:
@@ -156,10 +132,7 @@ def validate_params(params: Any) -> str:
         params = {}
     if not isinstance(params, dict):
         raise InvalidParams(f"params must be a JSON object, not {type(params).__name__}.")
-    try:
-        text = json.dumps(params, ensure_ascii=False)
-    except (RecursionError, ValueError):  # nesting beyond the recursion limit; integers over 4300 digits
-        raise InvalidParams("params are nested too deeply or hold a number too large to pass on.") from None
+    text = _json_text(params, InvalidParams, "params")
     if len(text.encode("utf-8")) > MAX_PARAMS_BYTES:
         raise InvalidParams(f"params are {len(text.encode())} bytes as JSON; the limit is 1 MiB.")
     return text
@@ -172,12 +145,12 @@ def validate_timeout(timeout: Any) -> float:
     return float(timeout)
 
 
-# An update whose text changed under it retries with a fresh embedding this many times in all.
-_UPDATE_ATTEMPTS = 3
-
-
-class _TextMoved(Exception):
-    """Raised inside an update's transaction to roll it back and retry (never leaves skills.py)."""
+def _json_text(value: Any, error: type[SkillError], what: str) -> str:
+    """`value` as JSON text; `error` when it nests past the recursion limit or holds an integer over 4300 digits."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        raise error(f"{what} is nested too deeply or holds a number too large to store.") from None
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -211,11 +184,8 @@ class Registry:
 
     @staticmethod
     def _active_row(tx: Statements, skill_id: Any) -> Any:
-        if isinstance(skill_id, bool) or not isinstance(skill_id, int):
-            raise InvalidArgument(f"Invalid skill id {skill_id!r}; ids are integers.",
-                                  hint="Pass the numeric id from skill_list_summary or skill_search.")
-        if not MIN_SKILL_ID <= skill_id <= MAX_SKILL_ID:
-            raise InvalidArgument(f"Invalid skill id {skill_id}; ids fit in 64 bits.",
+        if isinstance(skill_id, bool) or not isinstance(skill_id, int) or not MIN_SKILL_ID <= skill_id <= MAX_SKILL_ID:
+            raise InvalidArgument(f"Invalid skill id {skill_id!r}; ids are integers of at most 64 bits.",
                                   hint="Pass the numeric id from skill_list_summary or skill_search.")
         row = tx.skill(skill_id)
         if row is None or not row["is_active"]:
@@ -275,12 +245,8 @@ class Registry:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
         texts = (patch.get("name", current["name"]), patch.get("description", current["description"]),
                  (parsed or skillmd.parse_body(current["body"])).frontmatter)
-        moved = False
-        for attempt in range(_UPDATE_ATTEMPTS):
-            entry = self.search_index.prepare(*texts, embed=False)
-            with self.store.read() as tx:
-                if not self.search_index.has_current_vector(tx, skill_id, entry.text_hash):
-                    entry = self.search_index.prepare(*texts)
+        for attempt in range(UPDATE_ATTEMPTS):  # again when a concurrent update moved the text under us
+            entry = self.search_index.prepare_unless_current(skill_id, *texts)
             now = now_text()
             try:
                 with self.store.write() as tx:
@@ -296,20 +262,10 @@ class Registry:
                     new = tx.skill(skill_id)
                     tx.archive_version(skill_id, now=now)
                     texts = (new["name"], new["description"], skillmd.parse_body(new["body"]).frontmatter)
-                    actual = self.search_index.prepare(*texts, embed=False)
-                    if actual.text_hash != entry.text_hash:
-                        # A concurrent update changed the text between our read and this transaction: the
-                        # vector computed is for the wrong text. Roll back and embed the text as it is now.
-                        if not self.search_index.has_current_vector(tx, skill_id, actual.text_hash) and (
-                                attempt + 1 < _UPDATE_ATTEMPTS):
-                            raise _TextMoved()
-                        entry, moved = actual, True
-                    stale = entry.vector is None and not self.search_index.has_current_vector(tx, skill_id,
-                                                                                              entry.text_hash)
-                    if stale:  # a missing vector is what the re-embed pass looks for
-                        tx.delete_embedding(skill_id)
+                    entry, stale, moved = self.search_index.settle(tx, skill_id, entry, texts,
+                                                                   retry=attempt + 1 < UPDATE_ATTEMPTS)
                     self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
-            except _TextMoved:
+            except TextMoved:
                 continue
             break
         if entry.vector is not None or stale:
@@ -366,21 +322,12 @@ class Registry:
         with self.store.read() as tx:
             return tx.count_active()
 
-    def health(self) -> int:
-        """The number of active skills, or StorageUnavailable/StorageFull when the database cannot serve."""
-        try:
-            self.store.db.check()
-            return self.count_active()
-        except sqlite3.Error as exc:
-            raise storage_error(exc) from None
-
     def list_summary(self, limit: Any = None, cursor: Any = None) -> dict[str, Any]:
         limit = SUMMARY_DEFAULT_LIMIT if limit is None else limit
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= SUMMARY_MAX_LIMIT:
             raise InvalidLimit(f"Invalid limit {limit!r}.")
         after = 0
         if cursor not in (None, ""):
-            # isdigit() also accepts '²' and '①', which int() refuses.
             if not isinstance(cursor, str) or not _CURSOR_RE.fullmatch(cursor) or int(cursor) > MAX_SKILL_ID:
                 raise InvalidCursor(f"Invalid cursor {cursor[:40] if isinstance(cursor, str) else cursor!r}.")
             after = int(cursor)
@@ -409,14 +356,6 @@ class Registry:
     def reembed_in_background(self) -> threading.Thread | None:
         return self.search_index.reembed_in_background()
 
-    def upkeep(self) -> threading.Thread | None:
-        """One round of background upkeep: file check, log checkpoint, re-embedding (selfmcp.upkeep)."""
-        return background.upkeep_round(self.store.db, self.search_index)
-
-    def start_upkeep(self, interval_s: float = background.UPKEEP_INTERVAL_S) -> threading.Event:
-        """Run `upkeep()` every `interval_s` seconds in a daemon thread; set the returned event to stop it."""
-        return background.start(self.store.db, self.search_index, interval_s)
-
     def auth_url(self, skill_id: Any) -> dict[str, Any]:
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
@@ -442,11 +381,7 @@ class Registry:
         return runtime.describe()
 
     def prepare_execution(self, skill_id: Any, params: Any, timeout: Any) -> PreparedRun:
-        """Check everything that can be checked before a run: timeout, params, credentials, code.
-
-        Checking params against the params_schema counts against the run's timeout: it gets what is
-        left, and a check that would outlast the timeout stops there (invalid_params, timed_out).
-        """
+        """Check everything that can be checked before a run; the time checking params takes counts against the run."""
         started = time.monotonic()
         timeout_s = validate_timeout(timeout)
         params_json = validate_params(params)
@@ -454,23 +389,8 @@ class Registry:
             row = self._active_row(tx, skill_id)
         schema = _loads(row["params_schema_json"], None)
         if schema:
-            try:
-                schemas.check_params(schema, json.loads(params_json),
-                                     deadline_s=timeout_s - (time.monotonic() - started))
-            except schemas.ValidationTimedOut:
-                raise InvalidParams(f"Checking params against the params_schema of {row['name']!r} took longer than "
-                                    f"the run's timeout ({timeout_s:g} s); the skill did not run.",
-                                    hint="Send smaller params, raise timeout, or simplify params_schema with "
-                                         "skill_update.", timed_out=True) from None
-            except schemas.SchemaProblem as exc:
-                if exc.validator in ("$ref", "remote_ref"):  # the stored schema itself cannot be evaluated
-                    raise InvalidParamsSchema(f"The params_schema of {row['name']!r} cannot be evaluated: "
-                                              f"{exc.message}", path=exc.path,
-                                              hint=f"Fix it with skill_update(skill_id={row['id']}, "
-                                                   "params_schema=...), or pass {} to remove it.") from None
-                raise InvalidParams(f"params do not match the skill's params_schema at {exc.path}: {exc.message}",
-                                    hint=f"Read params_schema with skill_get_detail(skill_id={row['id']}) and fix "
-                                         f"{exc.path}.", path=exc.path, validator=exc.validator) from None
+            schemas.check_run_params(schema, json.loads(params_json), skill_id=row["id"], name=row["name"],
+                                     timeout_s=timeout_s, deadline_s=timeout_s - (time.monotonic() - started))
         auth = _loads(row["auth_config_json"], None)
         missing = credentials.missing_env_vars(auth, self.environ)
         if missing:

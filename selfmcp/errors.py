@@ -15,6 +15,8 @@ import json
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 import db
 
 if TYPE_CHECKING:
@@ -154,3 +156,25 @@ def storage_error(exc: sqlite3.Error) -> SkillError:
         return StorageUnavailable("The skill database is busy (locked by another writer); nothing was changed.",
                                   hint="Retry in a moment.")
     return StorageUnavailable("The skill database could not complete the request; nothing was changed.")
+
+
+# Arguments the SDK rejects against a tool's input schema get the codes the registry uses for them.
+_ARGUMENT_CODES: dict[str, type[SkillError]] = {
+    "name": InvalidName, "description": InvalidDescription, "body": InvalidBody, "dependencies": InvalidDependency,
+    "auth_config": InvalidAuthConfig, "params": InvalidParams, "timeout": InvalidTimeout, "mode": InvalidMode,
+    "top_k": InvalidTopK, "query": InvalidQuery, "cursor": InvalidCursor, "limit": InvalidLimit,
+    "params_schema": InvalidParamsSchema,
+}
+_SKILL_ID_HINT = ("Pass skill_id as a JSON integer (no quotes, not true/false), an id from skill_search or "
+                  "skill_list_summary.")
+
+
+def argument_error(exc: ValidationError) -> dict[str, Any]:
+    """The error payload for arguments the SDK's (pydantic) validation refused, named by the first bad field."""
+    first = exc.errors()[0]
+    field_name = str(first["loc"][0]) if first.get("loc") else ""
+    cls = _ARGUMENT_CODES.get(field_name, InvalidArgument)
+    hint = _SKILL_ID_HINT if field_name == "skill_id" else cls.hint
+    fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+    return error_body(cls.code, f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.", hint,
+                      fields=fields)

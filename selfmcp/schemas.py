@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from selfmcp.errors import InvalidParams, InvalidParamsSchema
+
 # Keywords whose values are data, not subschemas: a "$ref" or "pattern" inside them means nothing.
 _DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples", "description", "title", "$comment"})
 # Keywords whose value maps names (not keywords) to subschemas.
@@ -311,3 +313,45 @@ def _first_error(schema: dict[str, Any], instance: Any, *, deadline_s: float) ->
                             "$ref") from None
     finally:
         _deadline.reset(token)
+
+
+# ------------------------------------------------------------------- as the registry's errors
+
+def validated_schema(schema: Any) -> dict[str, Any] | None:
+    """`schema` to store (None for none), or InvalidParamsSchema saying where and what is wrong."""
+    if schema is None or schema == {}:
+        return None
+    if not isinstance(schema, dict):
+        raise InvalidParamsSchema(f"params_schema must be a JSON Schema object, not {type(schema).__name__}.")
+    try:
+        json.dumps(schema)
+        check_schema(schema)
+    except SchemaProblem as exc:
+        details = {"reason": exc.validator} if exc.validator else {}
+        raise InvalidParamsSchema(f"params_schema is not a valid JSON Schema at {exc.path}: {exc.message}",
+                                  path=exc.path, **details) from None
+    except (RecursionError, ValueError):
+        raise InvalidParamsSchema("params_schema is nested too deeply (or holds a number too large to store).",
+                                  path="$") from None
+    return schema
+
+
+def check_run_params(schema: dict[str, Any], params: Any, *, skill_id: int, name: str, timeout_s: float,
+                     deadline_s: float) -> None:
+    """Check a run's params against its skill's schema within `deadline_s`; InvalidParams (or
+    InvalidParamsSchema for a stored schema that cannot be evaluated) when they do not fit."""
+    try:
+        check_params(schema, params, deadline_s=deadline_s)
+    except ValidationTimedOut:
+        raise InvalidParams(f"Checking params against the params_schema of {name!r} took longer than the run's "
+                            f"timeout ({timeout_s:g} s); the skill did not run.",
+                            hint="Send smaller params, raise timeout, or simplify params_schema with skill_update.",
+                            timed_out=True) from None
+    except SchemaProblem as exc:
+        if exc.validator in ("$ref", "remote_ref"):  # the stored schema itself cannot be evaluated
+            raise InvalidParamsSchema(f"The params_schema of {name!r} cannot be evaluated: {exc.message}",
+                                      path=exc.path, hint=f"Fix it with skill_update(skill_id={skill_id}, "
+                                                          "params_schema=...), or pass {} to remove it.") from None
+        raise InvalidParams(f"params do not match the skill's params_schema at {exc.path}: {exc.message}",
+                            hint=f"Read params_schema with skill_get_detail(skill_id={skill_id}) and fix {exc.path}.",
+                            path=exc.path, validator=exc.validator) from None

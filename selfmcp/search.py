@@ -180,6 +180,10 @@ class IndexEntry:
     model: str | None
 
 
+class TextMoved(Exception):
+    """A concurrent update changed a skill's text inside a write: roll back and prepare it again."""
+
+
 class Search:
     """Keyword, vector and hybrid search over one store, and the upkeep of its derived data."""
 
@@ -203,6 +207,34 @@ class Search:
         fields, text = index_texts(name, description, frontmatter)
         vector, model = self._embed_one(text) if embed else (None, None)
         return IndexEntry(fields, text, content_hash(text), vector, model)
+
+    def prepare_unless_current(self, skill_id: int, name: str, description: str,
+                               frontmatter: dict[str, object]) -> IndexEntry:
+        """`prepare()`, embedding only when the stored vector is not already of this text."""
+        entry = self.prepare(name, description, frontmatter, embed=False)
+        with self.store.read() as tx:
+            if self.has_current_vector(tx, skill_id, entry.text_hash):
+                return entry
+        return self.prepare(name, description, frontmatter)
+
+    def settle(self, tx: Statements, skill_id: int, entry: IndexEntry, texts: tuple[str, str, dict[str, object]], *,
+               retry: bool) -> tuple[IndexEntry, bool, bool]:
+        """The entry to write in `tx` for the skill's text as it now is (`texts`): (entry, stale, moved).
+
+        When a concurrent update changed the text after `entry` was prepared, the vector is of the wrong
+        text: raise TextMoved (the caller rolls back, embeds again and retries) while `retry` allows,
+        else write no vector (`moved`). A vector left out is deleted (`stale`), never left wrong.
+        """
+        actual = self.prepare(*texts, embed=False)
+        moved = False
+        if actual.text_hash != entry.text_hash:
+            if retry and not self.has_current_vector(tx, skill_id, actual.text_hash):
+                raise TextMoved()
+            entry, moved = actual, True
+        stale = entry.vector is None and not self.has_current_vector(tx, skill_id, entry.text_hash)
+        if stale:  # a missing vector is what the re-embed pass looks for
+            tx.delete_embedding(skill_id)
+        return entry, stale, moved
 
     def has_current_vector(self, tx: Statements, skill_id: int, text_hash: str) -> bool:
         stored = tx.embedding_state(skill_id)

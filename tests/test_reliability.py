@@ -26,7 +26,8 @@ from mcp import Client
 import skills
 from bench.workload import Ledger, ServerProcess, create_hot_skills, session, verify
 from conftest import ROOT, FakeEmbedder, assert_error, clean_env
-from selfmcp import schemas
+from selfmcp import schemas, upkeep
+from selfmcp.errors import storage_error
 from server import Settings, create_server
 
 pytestmark = pytest.mark.anyio
@@ -193,7 +194,7 @@ async def test_the_upkeep_round_re_embeds_a_skill_whose_vector_went_missing(tmp_
         with contextlib.closing(sqlite3.connect(tmp_path / "u.db")) as conn, conn:
             conn.execute("delete from skill_embeddings where skill_id = ?", (skill_id,))
         assert verify(tmp_path / "u.db", Ledger())["torn_skills"] == 1
-        reg.upkeep().join()  # what the 30-second timer runs
+        upkeep.upkeep_round(reg.store.db, reg.search_index).join()  # what the 30-second timer runs
         assert verify(tmp_path / "u.db", Ledger())["torn_skills"] == 0
         found = await client.call_tool("skill_search", {"query": "turns invoices into ledgers", "mode": "vector"})
         assert found.structured_content["results"][0]["id"] == skill_id
@@ -252,7 +253,7 @@ def test_a_damaged_database_page_is_storage_unavailable(tmp_path):
     conn = sqlite3.connect(tmp_path / "d.db")
     with pytest.raises(sqlite3.DatabaseError) as caught:
         conn.execute("select * from skills").fetchall()
-    assert skills.storage_error(caught.value).code == "storage_unavailable"
+    assert storage_error(caught.value).code == "storage_unavailable"
 
 
 async def test_an_unexpected_exception_is_internal_error_with_no_detail(tmp_path, caplog):
