@@ -188,6 +188,21 @@ MIGRATIONS: list[Migration] = [
     Migration("m004_active_skills_index", (
         "create index skills_active on skills(id) where is_active = 1",
     )),
+    # A skill's supporting files (selfmcp/documents.py): the skill row and each version row keep a
+    # manifest (path, size, digest); the bytes live once per digest, so versions share unchanged files.
+    Migration("m005_skill_files", (
+        "alter table skills add column files_json text",
+        "alter table skill_versions add column files_json text",
+        # Where an imported skill came from: {source, ref?, commit?, path} (selfmcp/transfer.py).
+        "alter table skills add column source_json text",
+        """
+        create table skill_blobs (
+            digest text primary key,
+            size integer not null,
+            content blob not null
+        )
+        """,
+    )),
 ]
 
 

@@ -74,7 +74,7 @@ for _k, _v in ({limits}):
     _h = _r.getrlimit(_k)[1]
     _v = _v if _h == _r.RLIM_INFINITY else min(_v, _h)
     _r.setrlimit(_k, (_v, _v))
-def _hook(t, v, tb, _print=_s.__excepthook__):
+{files}def _hook(t, v, tb, _print=_s.__excepthook__):
     while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
         tb = tb.tb_next  # drop this prelude's frame from the skill's tracebacks
     if isinstance(v, BaseException):
@@ -83,13 +83,13 @@ def _hook(t, v, tb, _print=_s.__excepthook__):
 _s.excepthook = _hook
 _p = {script!r}
 _s.argv[:] = [_p]
-_s.path[0] = {workdir!r}
+_s.path[0] = {script_dir!r}
 __file__ = _p
 {load}
 {params}{site}del _r, _s, _k, _v, _h, _p, _f, _hook
 exec(globals().pop("_c"))
 """
-_LOAD_SOURCE = """with open(_p, "rb") as _f:
+_LOAD_SOURCE = """with open({code_path!r}, "rb") as _f:
     _c = compile(_f.read(), _p, "exec")"""
 _LOAD_MARSHAL = """import marshal
 with open({code_path!r}, "rb") as _f:
@@ -98,6 +98,15 @@ del marshal"""
 # The run's first process joins its slot's cgroups ("0" moves the writer) and then becomes the
 # run, so every process the run starts is born inside them: no race, no /proc scan.
 _JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+# A skill's files, written by the server under .in/files, become the run's working directory's own.
+_FILES = """import os as _o, shutil as _sh
+for _d, _ds, _fs in _o.walk({src!r}):
+    _t = _o.path.join({dst!r}, _o.path.relpath(_d, {src!r}))
+    _o.makedirs(_t, exist_ok=True)
+    for _n in _fs:
+        _sh.copyfile(_o.path.join(_d, _n), _o.path.join(_t, _n))
+del _o, _sh, _d, _ds, _fs, _t
+"""
 _PARAMS_FILE = """import os as _o
 with open({path!r}, encoding="utf-8") as _f:
     _o.environ["SELFMCP_PARAMS"] = _f.read()
@@ -402,7 +411,8 @@ class Runner:
                 "server_environ": "unreadable to runs (the server is not dumpable)"}
 
     async def run(self, code: str, params_json: str, *, env: Mapping[str, str], timeout_s: float,
-                  python: str = sys.executable, read_only: Sequence[str] = ()) -> ExecResult:
+                  python: str = sys.executable, read_only: Sequence[str] = (),
+                  files: Mapping[str, bytes] | None = None, script: str = "skill.py") -> ExecResult:
         """Run `code` with `python`; `params_json` arrives as SELFMCP_PARAMS.
 
         Waiting for a free slot counts against `timeout_s`. `read_only` names extra
@@ -422,7 +432,8 @@ class Runner:
         try:
             queued_ms = round((time.perf_counter() - started) * 1000, 1)
             result = await self._run(code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
-                                     python=python, read_only=read_only, slot=slot)
+                                     python=python, read_only=read_only, slot=slot, files=files or {},
+                                     script=script)
         finally:
             self._free.append(slot)
             self._slots.release()
@@ -431,11 +442,18 @@ class Runner:
         return result
 
     async def _run(self, code: str, params_json: str, *, env: Mapping[str, str], deadline: float,
-                   timeout_s: float, python: str, read_only: Sequence[str], slot: int) -> ExecResult:
+                   timeout_s: float, python: str, read_only: Sequence[str], slot: int,
+                   files: Mapping[str, bytes], script: str) -> ExecResult:
         workdir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
         try:
-            return await self._run_in(workdir, code, params_json, env=env, deadline=deadline,
-                                      timeout_s=timeout_s, python=python, read_only=read_only, slot=slot)
+            if files:
+                # The skill's folder, its code at `script` included, under .in/files: the prelude copies
+                # it into the working directory (in bwrap a fresh tmpfs the server cannot write into).
+                await asyncio.to_thread(write_files, os.path.join(workdir, ".in", "files"),
+                                        {script: code.encode("utf-8"), **files})
+            return await self._run_in(workdir, code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
+                                      python=python, read_only=read_only, slot=slot,
+                                      script=script if files else None)
         finally:
             # Every process of the run is dead: nothing can write there any more. Removing
             # it in a worker thread keeps the directory operations out of the reply's path.
@@ -452,13 +470,20 @@ class Runner:
 
     async def _run_in(self, workdir: str, code: str, params_json: str, *, env: Mapping[str, str],
                       deadline: float, timeout_s: float, python: str, read_only: Sequence[str],
-                      slot: int) -> ExecResult:
+                      slot: int, script: str | None) -> ExecResult:
         inputs = os.path.join(workdir, ".in")
-        os.mkdir(inputs, 0o755)
-        script = os.path.join(inputs, "skill.py")
-        with open(script, "w", encoding="utf-8") as fh:
+        os.makedirs(inputs, 0o755, exist_ok=True)
+        code_file = os.path.join(inputs, "skill.py")
+        with open(code_file, "w", encoding="utf-8") as fh:
             fh.write(code)
-        load = _LOAD_SOURCE
+        # Where the code says it lives (__file__, sys.path[0]): its own file, or its place in the skill's folder.
+        files = ""
+        if script is None:
+            script = code_file
+        else:
+            files = _FILES.format(src=os.path.join(inputs, "files"), dst=workdir)
+            script = os.path.join(workdir, script)
+        load = _LOAD_SOURCE.format(code_path=code_file)
         same = self._same_interpreter.get(python)
         if same is None:
             same = self._same_interpreter[python] = _same_interpreter(python)
@@ -491,7 +516,8 @@ class Runner:
             landlock = confine.LANDLOCK_PRELUDE.format(fd=ruleset)
         prelude = _PRELUDE.format(
             landlock=landlock,
-            limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script, workdir=workdir,
+            limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script,
+            script_dir=workdir if not files else os.path.dirname(script), files=files,
             load=load, params=params, site=_SITE if mode == "landlock" else "")
         argv = [python, "-S", "-c", prelude] if mode == "landlock" else [python, "-c", prelude]
         if mode == "bwrap":
@@ -565,3 +591,16 @@ def _remove_tree(path: str) -> None:
 def _log_rmtree_error(function: object, path: str, exc_info: object) -> None:
     log.warning("could not remove %s from a run's working directory", path)
 
+
+
+def write_files(root: str, files: Mapping[str, bytes]) -> None:
+    """Write a skill's files (relative paths, checked by the caller) under `root`, byte for byte."""
+    os.makedirs(root, 0o755, exist_ok=True)
+    real = os.path.realpath(root)
+    for path, data in files.items():
+        target = os.path.realpath(os.path.join(real, path))
+        if not target.startswith(real + os.sep):
+            raise ValueError(f"file path {path!r} leaves the working directory")
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(data)

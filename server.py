@@ -31,6 +31,8 @@ import skills
 from embeddings import Embedder, make_embedder
 from selfmcp import redact, upkeep
 from selfmcp.errors import DatabaseOpenFailed, InternalError, UnknownTool, argument_error, storage_error
+from selfmcp.extension import SkillsServerMixin
+from selfmcp.folders import FILES_HELP
 from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
@@ -212,13 +214,14 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
     return None
 
 
-class SelfMCPServer(MCPServer):
-    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload."""
+class SelfMCPServer(SkillsServerMixin, MCPServer):
+    """MCPServer over one registry (its skills also served as Agent Skills), failures as the error payload."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
         self.registry = registry
         self.remote_auth = remote
+        self.install_skills()  # the Skills-over-MCP extension, skill:// resources, knowledge-skill prompts
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         """Every failure becomes `{error, message, hint}`: internal_error (logged, never shown) as the last resort."""
@@ -282,16 +285,19 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
             '"client_id_env": ..., "client_secret_env": ...}.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Store a new skill in the registry so it can be found and run in any later session.
 
         Call this only after skill_search found nothing suitable. Returns {id, name, version, status}
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
-        history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
-        invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
-        invalid_params_schema (e.g. a $ref outside the schema), storage_full, storage_unavailable.
+        history kept, version continues). A skill with no code to run (no ```python block, no scripts/main.py
+        or `metadata.entrypoint` script in files) is a knowledge skill. Errors: skill_exists, invalid_name,
+        invalid_description, invalid_body, invalid_code (syntax error, with the line), invalid_frontmatter,
+        invalid_files, invalid_dependency, invalid_auth_config, invalid_params_schema (e.g. a
+        $ref outside the schema), storage_full, storage_unavailable.
         """
-        return registry.create(name, description, body, dependencies, auth_config, params_schema)
+        return registry.create(name, description, body, dependencies, auth_config, params_schema, files=files)
 
     @tool(ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=False))
     def skill_update(
@@ -302,6 +308,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         dependencies: Annotated[list[str] | None, Field(description="New list of pip requirements.")] = None,
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
@@ -309,7 +316,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         Errors: skill_not_found, invalid_argument (skill_id not an integer), nothing_to_update,
         cannot_rename_core_skill, skill_exists (name taken), and the other codes of skill_create.
         """
-        return registry.update(skill_id, name=name, description=description, body=body,
+        return registry.update(skill_id, name=name, description=description, body=body, files=files,
                                dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
 
     @tool(ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
@@ -364,7 +371,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history). Errors: skill_not_found.
+        Returns the record with `versions` (the version numbers kept in history), `agent_name` (its files
+        are skill://<agent_name>/<path> resources) and `files` ([{path, size, digest}]). Errors: skill_not_found.
         """
         return registry.get_detail(skill_id)
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, schemas, skillmd
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
@@ -35,7 +35,7 @@ from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKI
                              ExecutionConfig, ExecutionConfigError,
                              PreparedRun, Progress, Runtime, run_stats)
 from selfmcp.schemas import validated_schema as validate_params_schema
-from selfmcp.search import SEARCH_MODES, Search, TextMoved, split_words as split_words
+from selfmcp.search import SEARCH_MODES, UPDATE_ATTEMPTS, Search, TextMoved, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
 
 __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallFailed", "ExecutionConfig",
@@ -57,9 +57,7 @@ MAX_DEPENDENCIES = 64
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 DEFAULT_TIMEOUT_S = 30
 MAX_TOP_K = 50
-# SQLite's INTEGER range: a larger id can name no row (and would overflow the driver).
-MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1
-UPDATE_ATTEMPTS = 3
+MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1  # SQLite's INTEGER range: no row has a larger id
 SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
 
@@ -93,11 +91,8 @@ def validate_body(body: Any) -> skillmd.ParsedBody:
             compile(parsed.code, "<skill>", "exec")
         except SyntaxError as exc:
             raise InvalidCode(f"Python syntax error at line {exc.lineno}: {exc.msg}.", line=exc.lineno) from None
-        except ValueError as exc:  # e.g. a NUL byte in the source
-            raise InvalidCode(f"The code cannot be compiled: {exc}.") from None
-        except (RecursionError, MemoryError):  # deeply nested expressions overflow the compiler
-            raise InvalidCode("The code is nested too deeply for Python to compile.",
-                              hint="Split deeply nested expressions into smaller statements.") from None
+        except (ValueError, RecursionError, MemoryError) as exc:  # a NUL byte; nesting that overflows the compiler
+            raise InvalidCode(f"The code cannot be compiled: {exc or 'it is nested too deeply'}.") from None
     return parsed
 
 
@@ -194,11 +189,12 @@ class Registry:
 
     # -- writes
 
-    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None,
-               auth_config: Any = None, params_schema: Any = None, *, is_core: bool = False) -> dict[str, Any]:
+    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None, auth_config: Any = None,
+               params_schema: Any = None, *, files: Any = None, is_core: bool = False) -> dict[str, Any]:
         name = validate_name(name)
         description = validate_description(description)
         parsed = validate_body(body)
+        file_map = folders.validate_folder(files, body)
         values = (description, body, json.dumps(validate_dependencies(dependencies)),
                   _json_or_none(validate_auth_config(auth_config)), _json_or_none(validate_params_schema(params_schema)))
         entry = self.search_index.prepare(name, description, parsed.frontmatter)
@@ -214,12 +210,13 @@ class Registry:
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
+            folders.write_files(tx, name, skill_id, file_map)
             tx.archive_version(skill_id, now=now)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
-    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
+    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None, files: Any = None,
                dependencies: Any = None, auth_config: Any = None, params_schema: Any = None) -> dict[str, Any]:
         patch: dict[str, Any] = {}
         parsed = None
@@ -236,13 +233,14 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if not patch:
+        if not patch and files is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
+        new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
         texts = (patch.get("name", current["name"]), patch.get("description", current["description"]),
                  (parsed or skillmd.parse_body(current["body"])).frontmatter)
         for attempt in range(UPDATE_ATTEMPTS):  # again when a concurrent update moved the text under us
@@ -259,6 +257,7 @@ class Registry:
                                                    "reactivation.", skill_id=clash["id"])
                     tx.archive_version(skill_id, now=now)
                     tx.patch_skill(skill_id, patch, now=now)
+                    folders.write_files(tx, patch.get("name"), skill_id, new_files)
                     new = tx.skill(skill_id)
                     tx.archive_version(skill_id, now=now)
                     texts = (new["name"], new["description"], skillmd.parse_body(new["body"]).frontmatter)
@@ -315,7 +314,7 @@ class Registry:
             "params_schema": _loads(row["params_schema_json"], None),
             "version": row["version"], "is_core": bool(row["is_core"]),
             "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs,
+            "versions": versions, "runs": runs, **folders.detail(row),
         }
 
     def count_active(self) -> int:
@@ -389,8 +388,7 @@ class Registry:
             row = self._active_row(tx, skill_id)
         schema = _loads(row["params_schema_json"], None)
         if schema:
-            schemas.check_run_params(schema, json.loads(params_json), skill_id=row["id"], name=row["name"],
-                                     timeout_s=timeout_s, deadline_s=timeout_s - (time.monotonic() - started))
+            schemas.check_run_params(schema, json.loads(params_json), row, timeout_s=timeout_s, started=started)
         auth = _loads(row["auth_config_json"], None)
         missing = credentials.missing_env_vars(auth, self.environ)
         if missing:
@@ -404,10 +402,10 @@ class Registry:
         code = skillmd.parse_body(row["body"]).code
         if code is None:
             raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        remaining = timeout_s - (time.monotonic() - started)  # what preparing the run used counts against it
-        return PreparedRun(row["id"], row["name"], row["version"], code, params_json, max(remaining, 0.1),
+        return PreparedRun(row["id"], row["name"], row["version"], code, params_json,
+                           max(timeout_s - (time.monotonic() - started), 0.1),  # preparing counted against it
                            tuple(_loads(row["dependencies_json"], [])),
-                           tuple(credentials.required_env_vars(auth)))
+                           tuple(credentials.required_env_vars(auth)), files=files, script=run.script)
 
     async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
                       progress: Progress | None = None) -> dict[str, Any]:

@@ -103,7 +103,7 @@ SkillNotFound = _error("SkillNotFound", "skill_not_found",
                        "Call skill_search or skill_list_summary to find the right id.")
 SkillExists = _error("SkillExists", "skill_exists", "Call skill_update on the existing skill, or choose another name.")
 NothingToUpdate = _error("NothingToUpdate", "nothing_to_update",
-                         "Pass at least one of name, description, body, dependencies, auth_config, params_schema.")
+                         "Pass at least one of name, description, body, files, dependencies, auth_config, params_schema.")
 CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skill",
                                "Core skills stay in the registry; update their body or description instead.")
 CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",
@@ -121,6 +121,12 @@ SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
                             "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
                             "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "
                             "SELFMCP_HOST=127.0.0.1.")
+InvalidFrontmatter = _error("InvalidFrontmatter", "invalid_frontmatter",
+                            "Fix the YAML between the SKILL.md's `---` lines; quote values such as yes, on, 017 "
+                            "or dates so every YAML reader sees the same text.")
+InvalidFiles = _error("InvalidFiles", "invalid_files",
+                      'Give files as {"relative/path": "text"} or {"path": {"base64": "..."}} with relative '
+                      "paths (no '..', no leading '/', no backslash), at most 512 files and 16 MiB a skill.")
 StorageUnavailable = _error("StorageUnavailable", "storage_unavailable",
                             "Retry in a moment; if it persists, the server's operator must check the database file "
                             "(SELFMCP_DB_PATH) and the server log.")
@@ -163,7 +169,7 @@ _ARGUMENT_CODES: dict[str, type[SkillError]] = {
     "name": InvalidName, "description": InvalidDescription, "body": InvalidBody, "dependencies": InvalidDependency,
     "auth_config": InvalidAuthConfig, "params": InvalidParams, "timeout": InvalidTimeout, "mode": InvalidMode,
     "top_k": InvalidTopK, "query": InvalidQuery, "cursor": InvalidCursor, "limit": InvalidLimit,
-    "params_schema": InvalidParamsSchema,
+    "params_schema": InvalidParamsSchema, "files": InvalidFiles,
 }
 _SKILL_ID_HINT = ("Pass skill_id as a JSON integer (no quotes, not true/false), an id from skill_search or "
                   "skill_list_summary.")

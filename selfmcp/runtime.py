@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,8 @@ class PreparedRun:
     timeout_s: float
     requirements: tuple[str, ...]
     auth_vars: tuple[str, ...]
+    files: Mapping[str, bytes] = field(default_factory=dict)  # the skill folder, written into the workdir
+    script: str = "skill.py"  # where `code` sits in that folder
 
 
 class Runtime:
@@ -182,7 +184,8 @@ class Runtime:
             env = {**self.skill_environment(prepared.auth_vars), "SELFMCP_SANDBOX_INFO": self._sandbox_info}
             result = await self.runner.run(
                 prepared.code, prepared.params_json, env=env,
-                timeout_s=prepared.timeout_s, python=python, read_only=read_only)
+                timeout_s=prepared.timeout_s, python=python, read_only=read_only, files=prepared.files,
+                script=prepared.script)
         except anyio.get_cancelled_exc_class():
             self._record_later(prepared, started_at, elapsed(), cancelled=True)
             raise

@@ -336,12 +336,12 @@ def validated_schema(schema: Any) -> dict[str, Any] | None:
     return schema
 
 
-def check_run_params(schema: dict[str, Any], params: Any, *, skill_id: int, name: str, timeout_s: float,
-                     deadline_s: float) -> None:
-    """Check a run's params against its skill's schema within `deadline_s`; InvalidParams (or
-    InvalidParamsSchema for a stored schema that cannot be evaluated) when they do not fit."""
+def check_run_params(schema: dict[str, Any], params: Any, row: Any, *, timeout_s: float, started: float) -> None:
+    """Check a run's params against its skill's (`row`) schema in what is left of the run's timeout (it began at
+    `started`, time.monotonic()); InvalidParams, or InvalidParamsSchema for a stored schema that cannot be evaluated."""
+    skill_id, name = row["id"], row["name"]
     try:
-        check_params(schema, params, deadline_s=deadline_s)
+        check_params(schema, params, deadline_s=timeout_s - (time.monotonic() - started))
     except ValidationTimedOut:
         raise InvalidParams(f"Checking params against the params_schema of {name!r} took longer than the run's "
                             f"timeout ({timeout_s:g} s); the skill did not run.",

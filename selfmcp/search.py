@@ -40,6 +40,8 @@ CORE_SCORE_FACTOR = 0.6
 KEYWORD_CANDIDATES = 200
 VECTOR_CANDIDATES = 100
 SHORT_DESCRIPTION_CHARS = 120
+# An update whose text a concurrent update changed (TextMoved) embeds again and retries, this many tries in all.
+UPDATE_ATTEMPTS = 3
 
 # Query words that say nothing about which skill is wanted: English stop words, plus the
 # words people use to ask for a tool at all.

@@ -18,7 +18,7 @@ import db
 
 # Columns a skill_update may assign; update_skill() refuses any other name.
 PATCHABLE_COLUMNS = frozenset({"name", "description", "body", "dependencies_json", "auth_config_json",
-                               "params_schema_json"})
+                               "params_schema_json", "files_json"})
 
 
 def now_text() -> str:
@@ -85,6 +85,36 @@ class Statements:
     def count_active(self) -> int:
         return self.conn.execute("select count(*) from skills where is_active = 1").fetchone()[0]
 
+    def active_skills(self) -> list[sqlite3.Row]:
+        """Every active skill's row, by id (what the Skills-over-MCP catalogue and export read)."""
+        return self.conn.execute("select * from skills where is_active = 1 order by id").fetchall()
+
+    def set_files(self, skill_id: int, files_json: str | None) -> None:
+        """Set the skill's file manifest (in the transaction that writes its version)."""
+        self.conn.execute("update skills set files_json = ? where id = ?", (files_json, skill_id))
+
+    def set_source(self, skill_id: int, source_json: str | None) -> None:
+        self.conn.execute("update skills set source_json = ? where id = ?", (source_json, skill_id))
+
+    def active_names(self) -> list[sqlite3.Row]:
+        return self.conn.execute("select id, name from skills where is_active = 1 order by id").fetchall()
+
+    # -- file contents, one row per digest (shared by every version that has the file)
+
+    def put_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Store `blobs` (digest -> bytes); a digest already stored is left as it is."""
+        self.conn.executemany("insert or ignore into skill_blobs(digest, size, content) values (?, ?, ?)",
+                              [(d, len(b), b) for d, b in blobs.items()])
+
+    def blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            out.update(self.conn.execute(f"select digest, content from skill_blobs where digest in ({marks})",
+                                         chunk).fetchall())
+        return out
+
     def texts(self, ids: Sequence[int]) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(ids))
         return self.conn.execute(f"select id, name, description, body from skills where id in ({marks})",
@@ -97,9 +127,9 @@ class Statements:
         self.conn.execute(
             """
             insert or ignore into skill_versions(skill_id, version, name, description, body,
-                dependencies_json, auth_config_json, params_schema_json, changed_at)
+                dependencies_json, auth_config_json, params_schema_json, files_json, changed_at)
             select id, version, name, description, body, dependencies_json, auth_config_json,
-                params_schema_json, ?
+                params_schema_json, files_json, ?
             from skills
             where id = ?
             """,

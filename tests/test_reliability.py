@@ -438,3 +438,18 @@ async def test_a_body_of_unclosed_python_fences_does_not_stall_the_server(server
         assert not result.is_error, result
         assert_error(await client.call_tool("skill_execute", {"skill_id": result.structured_content["id"]}),
                      "not_executable")
+
+
+def _alias_bomb() -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("frontmatter", [_alias_bomb(), "tags: " + "[" * 60000, "tags: " + "{a: " * 20000])
+async def test_hostile_skill_md_frontmatter_is_refused_without_stalling(server, frontmatter):
+    async with Client(server.url, mode="legacy") as client:
+        with anyio.fail_after(60):  # aliases expand 9^9 times; PyYAML scans deep [ and { in quadratic time
+            assert_error(await create(client, "yaml-bomb", body=f"---\nname: yaml-bomb\ndescription: d\n"
+                                                                f"{frontmatter}\n---\n# A document"),
+                         "invalid_frontmatter")
