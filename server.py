@@ -66,10 +66,11 @@ class Settings:
     embed_api_base: str | None = None
     use_litellm: bool = False
     auth_token: str | None = None
-    auth: str = "none"  # oauth | token | none; from_env() picks oauth for a non-loopback bind
+    auth: str = "none"  # oauth | token | none; from_env() picks oauth (token on loopback with a token)
     owner_password: str | None = None
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     log_level: str = "INFO"
     execution: skills.ExecutionConfig = field(default_factory=skills.ExecutionConfig)
     embedder: Embedder | None = None
@@ -166,7 +167,7 @@ def _execution_settings(env: Mapping[str, str], *, public: bool = False) -> skil
 
 
 def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
-    """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS."""
+    """SELFMCP_AUTH(_TOKEN), _OWNER_PASSWORD, _PUBLIC_URL (or Replit's domain), _ALLOWED_HOSTS, _TRUSTED_PROXIES."""
     token = env.get("SELFMCP_AUTH_TOKEN") or None
     mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
     if mode and mode not in oauth.AUTH_MODES:
@@ -175,7 +176,7 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
     if transport == "stdio":
         mode = "none"
     elif not mode:
-        mode = ("token" if token else "none") if loopback else "oauth"
+        mode = "token" if token and loopback else "oauth"
     if mode == "token" and not token:
         raise ConfigError("SELFMCP_AUTH=token needs SELFMCP_AUTH_TOKEN: a long random string clients send as "
                           "'Authorization: Bearer <token>'.")
@@ -191,8 +192,12 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
         raise ConfigError(f"OAuth needs an https address, and clients would reach this server at {base}: set "
                           "SELFMCP_PUBLIC_URL=https://... (behind a TLS proxy), or use SELFMCP_AUTH=token.")
     extra = [h.strip() for h in env.get("SELFMCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    try:
+        proxies = http_security.parse_trusted_proxies(env.get("SELFMCP_TRUSTED_PROXIES", ""))
+    except ValueError as exc:
+        raise ConfigError(f"SELFMCP_TRUSTED_PROXIES: {exc}.") from None
     return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
-            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains)}
+            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "trusted_proxies": proxies}
 
 
 # ------------------------------------------------------------------------------ errors
@@ -215,23 +220,24 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
 
 
 class SelfMCPServer(SkillsServerMixin, MCPServer):
-    """MCPServer over one registry (its skills also served as Agent Skills), failures as the error payload."""
+    """MCPServer over one registry (also served as Agent Skills); failures as the error payload; redacted."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
         self.registry = registry
         self.remote_auth = remote
+        self.redactor = redact.Redactor.from_environ(registry.environ)
         self.install_skills()  # the Skills-over-MCP extension, skill:// resources, knowledge-skill prompts
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         """Every failure becomes `{error, message, hint}`: internal_error (logged, never shown) as the last resort."""
         try:
-            return await super().call_tool(name, arguments, context)
+            return self.redactor.redact_tool_result(await super().call_tool(name, arguments, context))
         except MCPError:
             raise
         except Exception as exc:  # noqa: BLE001 - the one conversion of any failure; cancellation is not caught
             if isinstance(exc, ToolError) and exc.__cause__ is None and self._tool_manager.get_tool(name) is None:
-                return error_result(UnknownTool(f"There is no tool named {name!r}.").payload())
+                return self.redactor.redact_tool_result(error_result(UnknownTool(f"No tool named {name!r}.").payload()))
             cause = exc.__cause__ if isinstance(exc, ToolError) and exc.__cause__ is not None else exc
             while isinstance(cause, ToolError) and cause.__cause__ is not None:  # a nested tool's wrapper
                 cause = cause.__cause__
@@ -239,7 +245,7 @@ class SelfMCPServer(SkillsServerMixin, MCPServer):
             if payload is None:
                 log.error("tool %r failed unexpectedly", name, exc_info=cause)
                 payload = InternalError(f"{name} failed because of an unexpected error in the server.").payload()
-            return error_result(payload)
+            return self.redactor.redact_tool_result(error_result(payload))
 
 
 # ------------------------------------------------------------------------------- tools
@@ -282,7 +288,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         auth_config: Annotated[dict[str, Any] | None, Field(description=(
             'Credentials the skill needs: {"type": "api_key", "env_var": "X_API_KEY", "instructions": "..."} '
             'or {"type": "oauth2", "auth_url": ..., "token_url": ..., "scopes": [...], '
-            '"client_id_env": ..., "client_secret_env": ...}.'))] = None,
+            '"client_id_env": "X_CLIENT_ID", "client_secret_env": ...}. client_id_env must end in _CLIENT_ID '
+            '(its value is shown in skill_auth_url); no SELFMCP_* variable may be named.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
         files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
@@ -371,8 +378,9 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
         Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history), `agent_name` (its files
-        are skill://<agent_name>/<path> resources) and `files` ([{path, size, digest}]). Errors: skill_not_found.
+        Returns the record with `versions` (version numbers in history), `agent_name` (its files are
+        skill://<agent_name>/<path> resources), `files` ([{path, size, digest}]), `format` ("python" or
+        "skill_md") and for a SKILL.md `code`: exactly the Python that runs. Errors: skill_not_found.
         """
         return registry.get_detail(skill_id)
 
@@ -399,7 +407,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
 
         Call it after skill_execute returned missing_credentials, and show the instructions (and
         auth_url, for OAuth2) to the user. Returns {type, env_vars, missing, ready, instructions,
-        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config.
+        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config, invalid_auth_config.
         """
         return registry.auth_url(skill_id)
 
@@ -422,17 +430,6 @@ def announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
     serving.log_auth(remote, host=settings.host, port=settings.port, loopback=settings.is_loopback,
                      hosts=settings.host_allow_list(), auth_token=settings.auth_token,
                      owner_password=settings.owner_password, public_url=settings.public_url)
-
-
-def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
-    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
-    if remote.mode != "oauth" or settings.owner_password or remote.provider is None:
-        return
-    password = oauth.ensure_owner_password(remote.provider.db)
-    if password is None:
-        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
-        return
-    serving.print_owner_password(password, remote, reachable=bool(settings.public_url or settings.is_loopback))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -473,14 +470,17 @@ def main(argv: list[str] | None = None) -> int:
         anyio.run(serving.serve_stdio, mcp, protocol_fds)
         return 0
     announce_auth(settings, mcp.remote_auth)
-    ensure_owner_password(settings, mcp.remote_auth)
+    serving.ensure_owner_password(mcp.remote_auth, settings.owner_password,
+                                  reachable=bool(settings.public_url or settings.is_loopback))
     import uvicorn
 
     log.info("serving on http://%s:%d%s", settings.host, settings.port,
              "/sse" if settings.transport == "sse" else "/mcp")
-    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list())
+    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list(),
+                           remote=mcp.remote_auth, proxies=settings.trusted_proxies)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=2)
+                timeout_graceful_shutdown=2, proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=list(settings.trusted_proxies) or None)
     return 0
 
 

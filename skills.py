@@ -32,8 +32,7 @@ from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, Depend
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
                             NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
-                             ExecutionConfig, ExecutionConfigError,
-                             PreparedRun, Progress, Runtime, run_stats)
+                             ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
 from selfmcp.schemas import validated_schema as validate_params_schema
 from selfmcp.search import SEARCH_MODES, UPDATE_ATTEMPTS, Search, TextMoved, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
@@ -47,7 +46,7 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
 
 log = logging.getLogger("selfmcp.skills")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: `$` would let "weather\n" through
 _CURSOR_RE = re.compile(r"[0-9]{1,19}")  # not str.isdigit(): it accepts '²' and '①', which int() refuses
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
@@ -65,7 +64,7 @@ SUMMARY_MAX_LIMIT = 1000
 # -------------------------------------------------------------------------- validation
 
 def validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name := skillmd.nfc(name)):
         raise InvalidName(f"Invalid skill name {name!r}.")
     return name
 
@@ -202,11 +201,11 @@ class Registry:
         with self.store.write() as tx:
             row = tx.skill_by_name(name)
             if row is not None and row["is_active"]:
-                raise SkillExists(f"An active skill named {name!r} already exists (id {row['id']}).",
-                                  skill_id=row["id"])
+                raise SkillExists(f"An active skill named {row['name']!r} already exists (id {row['id']}); "
+                                  "names are unique without regard to case.", skill_id=row["id"])
             if row is not None:
                 skill_id, version, status = row["id"], row["version"] + 1, "reactivated"
-                tx.reactivate_skill(skill_id, values, version=version, is_core=is_core, now=now)
+                tx.reactivate_skill(skill_id, name, values, version=version, is_core=is_core, now=now)
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
@@ -252,9 +251,9 @@ class Registry:
                     if "name" in patch and patch["name"] != row["name"]:
                         clash = tx.other_skill_named(patch["name"], skill_id)
                         if clash is not None:
-                            raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
-                                              hint="Choose another name; deleted skills keep their names for "
-                                                   "reactivation.", skill_id=clash["id"])
+                            raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}.",
+                                              hint="Choose another name (case does not count); deleted skills "
+                                                   "keep theirs.", skill_id=clash["id"])
                     tx.archive_version(skill_id, now=now)
                     tx.patch_skill(skill_id, patch, now=now)
                     folders.write_files(tx, patch.get("name"), skill_id, new_files)
@@ -309,7 +308,7 @@ class Registry:
             runs = run_stats(tx, skill_id)
         return {
             "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
-            "dependencies": _loads(row["dependencies_json"], []),
+            **skillmd.code_fields(row["body"]), "dependencies": _loads(row["dependencies_json"], []),
             "auth_config": _loads(row["auth_config_json"], None),
             "params_schema": _loads(row["params_schema_json"], None),
             "version": row["version"], "is_core": bool(row["is_core"]),
@@ -361,6 +360,7 @@ class Registry:
         auth = _loads(row["auth_config_json"], None)
         if not auth:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
+        validate_auth_config(auth)  # again: a row stored before a rule existed may name a forbidden variable
         return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(auth, self.environ)}
 
     # -- execution
@@ -399,10 +399,8 @@ class Registry:
             raise MissingCredentials(f"Skill {row['name']!r} needs {', '.join(missing)}, which "
                                      f"{'is' if len(missing) == 1 else 'are'} not set on the server.",
                                      hint=hint, missing=missing)
-        code = skillmd.parse_body(row["body"]).code
-        if code is None:
-            raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        return PreparedRun(row["id"], row["name"], row["version"], code, params_json,
+        run, files = folders.SkillFolders(self.store).runnable(row)
+        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json,
                            max(timeout_s - (time.monotonic() - started), 0.1),  # preparing counted against it
                            tuple(_loads(row["dependencies_json"], [])),
                            tuple(credentials.required_env_vars(auth)), files=files, script=run.script)

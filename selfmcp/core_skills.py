@@ -76,9 +76,11 @@ ABOUT_SECTIONS: dict[str, str] = {
         "variables are set and otherwise returns error missing_credentials with the missing names; "
         "skill_auth_url then gives setup instructions or a prefilled OAuth2 authorization URL (and on Replit "
         "a link to the Secrets panel). Use the selfmcp_env_keys skill to see which credential variables exist "
-        "(names only, never values). The server itself is protected over HTTP by SELFMCP_AUTH: oauth (the "
-        "default on a public address: a built-in OAuth 2.1 server; the owner approves clients with the owner "
-        "password), token (SELFMCP_AUTH_TOKEN as a bearer token) or none."
+        "(names only, never values). An auth_config may not name a SELFMCP_* variable, and "
+        "client_id_env must name an OAuth client id (..._CLIENT_ID): its value is shown in the URL. The server "
+        "itself is protected over HTTP on every address by SELFMCP_AUTH: oauth (the default: a built-in OAuth "
+        "2.1 server; the owner approves clients with the owner password), token (SELFMCP_AUTH_TOKEN as a bearer "
+        "token, the default on loopback when it is set) or none (only when set)."
     ),
     "bootstrap_tools": (
         "skill_list_summary (paged table of contents), skill_search (find by meaning or keywords), "

@@ -37,11 +37,13 @@ class Statements:
     def skill(self, skill_id: int) -> sqlite3.Row | None:
         return self.conn.execute("select * from skills where id = ?", (skill_id,)).fetchone()
 
+    # Names are unique without regard to case (the skills_name_nocase index): "Weather" is "weather".
     def skill_by_name(self, name: str) -> sqlite3.Row | None:
-        return self.conn.execute("select * from skills where name = ?", (name,)).fetchone()
+        return self.conn.execute("select * from skills where name = ? collate nocase", (name,)).fetchone()
 
     def other_skill_named(self, name: str, skill_id: int) -> sqlite3.Row | None:
-        return self.conn.execute("select id from skills where name = ? and id != ?", (name, skill_id)).fetchone()
+        return self.conn.execute("select id, name from skills where name = ? collate nocase and id != ?",
+                                 (name, skill_id)).fetchone()
 
     def insert_skill(self, name: str, values: Sequence[Any], *, is_core: bool, now: str) -> int:
         """A new active skill at version 1; `values` are description, body and the three JSON columns."""
@@ -53,15 +55,15 @@ class Statements:
             """,
             (name, *values, int(is_core), now, now)).lastrowid
 
-    def reactivate_skill(self, skill_id: int, values: Sequence[Any], *, version: int, is_core: bool,
+    def reactivate_skill(self, skill_id: int, name: str, values: Sequence[Any], *, version: int, is_core: bool,
                          now: str) -> None:
         self.conn.execute(
             """
-            update skills set description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
+            update skills set name = ?, description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
                 params_schema_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
             where id = ?
             """,
-            (*values, version, int(is_core), now, skill_id))
+            (name, *values, version, int(is_core), now, skill_id))
 
     def patch_skill(self, skill_id: int, patch: dict[str, Any], *, now: str) -> None:
         """Assign `patch` (column -> value) and bump the version by one."""

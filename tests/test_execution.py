@@ -10,6 +10,7 @@ bubblewrap (`apt-get install bubblewrap`) and are skipped, with the reason, with
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import sys
 import time
 import zipfile
@@ -417,7 +419,12 @@ async def test_no_skill_ever_sees_the_servers_own_credentials(tmp_path):
     server_secrets = {"SELFMCP_AUTH_TOKEN": "token-0123456789abcdef", "SELFMCP_OWNER_PASSWORD": "owner-pass-0123"}
     for mode in ("inherit", "declared"):
         async with in_process(tmp_path / mode, sandbox="none", skill_env=mode, environ=server_secrets) as client:
-            sid = await create(client, "peek", body, auth_config={"type": "api_key", "env_var": "SELFMCP_AUTH_TOKEN"})
+            sid = await create(client, "peek", body)
+            # skill_create now refuses an auth_config naming a server-only variable; a row stored
+            # before that rule is still run without it.
+            with contextlib.closing(sqlite3.connect(tmp_path / mode / "skills.db")) as conn, conn:
+                conn.execute("update skills set auth_config_json = ? where id = ?",
+                             ('{"type": "api_key", "env_var": "SELFMCP_AUTH_TOKEN"}', sid))
             sid_plain = await create(client, "peek_plain", body)
             assert body_of(await execute(client, sid_plain))["stdout"] == "None None\n", mode
             assert body_of(await execute(client, sid))["stdout"] == "None None\n", mode  # even when named

@@ -8,22 +8,31 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
+from starlette.routing import Route
+
+from mcp.server.auth.routes import cors_middleware
+
 import db
-from selfmcp.remote import stdio_transport
+from selfmcp.remote import oauth, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
-from selfmcp.remote.oauth import RemoteAuth
+from selfmcp.remote.oauth import PublicRevocation, RemoteAuth
 
 log = logging.getLogger("selfmcp")
 
 
-def http_app(mcp: MCPServer, *, transport: str, host: str, hosts: HostAllowList) -> Any:
+def http_app(mcp: MCPServer, *, transport: str, host: str, hosts: HostAllowList, remote: RemoteAuth | None = None,
+             proxies: tuple[str, ...] = ()) -> Any:
     """The ASGI app for the HTTP transports: the Host allow-list guards it on every bind, before any auth."""
     security = hosts.transport_security()
     if transport == "sse":
         app = mcp.sse_app(transport_security=security, host=host)
     else:
         app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    return RequestGuard(app, hosts)
+    if remote is not None and remote.provider is not None:
+        revoke = Route("/revoke", endpoint=cors_middleware(PublicRevocation(remote.provider).handle, ["POST", "OPTIONS"]),
+                       methods=["POST", "OPTIONS"])
+        app.router.routes[:] = [revoke if getattr(r, "path", None) == "/revoke" else r for r in app.router.routes]
+    return RequestGuard(app, hosts, proxies_trusted=bool(proxies))
 
 
 async def serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
@@ -59,6 +68,9 @@ def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts:
     """Log how clients connect, and warn about settings that leave the server open or weak."""
     log.info("clients connect to %s (auth: %s; allowed hosts: %s)", remote.resource_url, remote.mode,
              hosts.describe())
+    if remote.mode == "none" and loopback:
+        log.warning("SELFMCP_AUTH=none: every local account and every skill on this machine can use this server "
+                    "without signing in. Remove SELFMCP_AUTH to require OAuth, or set SELFMCP_AUTH_TOKEN.")
     if remote.mode == "none" and not loopback:
         log.warning("!" * 78)
         log.warning("SECURITY: SELFMCP_AUTH=none on %s. Anyone who can reach port %d can run code on this "
@@ -79,6 +91,17 @@ def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts:
                     "https address clients use.", remote.resource_url)
     if owner_password:
         log.info("owner password: SELFMCP_OWNER_PASSWORD")
+
+
+def ensure_owner_password(remote: RemoteAuth, owner_password: str | None, *, reachable: bool) -> None:
+    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
+    if remote.mode != "oauth" or owner_password or remote.provider is None:
+        return
+    password = oauth.ensure_owner_password(remote.provider.db)
+    if password is None:
+        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
+        return
+    print_owner_password(password, remote, reachable=reachable)
 
 
 def print_owner_password(password: str, remote: RemoteAuth, *, reachable: bool) -> None:
