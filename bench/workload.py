@@ -48,7 +48,8 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SELFMCP_", "REPLIT_", "PORT"))}
         self.env.update(SELFMCP_DB_PATH=str(db_path), SELFMCP_HOST="127.0.0.1", SELFMCP_PORT=str(self.port),
-                        SELFMCP_TRANSPORT="streamable-http", SELFMCP_LOG_LEVEL="WARNING", **env)
+                        SELFMCP_TRANSPORT="streamable-http", SELFMCP_LOG_LEVEL="WARNING", SELFMCP_AUTH="none")
+        self.env.update(env)  # loopback only, so no sign-in unless `env` asks for one
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -365,7 +365,7 @@ def test_start_up_in_a_read_only_directory_says_so(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
     if os.geteuid() == 0:
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)]).returncode != 0:
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m,mode=755", "tmpfs", str(ro)]).returncode != 0:
             pytest.skip("root ignores directory permissions and cannot mount here")
     else:
         ro.chmod(0o555)
@@ -435,9 +435,8 @@ async def test_a_body_of_unclosed_python_fences_does_not_stall_the_server(server
     async with Client(server.url) as client:
         with anyio.fail_after(60):  # the old single-regex scan took minutes on this body
             result = await create(client, "many-fences", body="```python\n" * 25000)
-        assert not result.is_error, result
-        assert_error(await client.call_tool("skill_execute", {"skill_id": result.structured_content["id"]}),
-                     "not_executable")
+        # CommonMark reads one fence running to the end, whose lines are not Python.
+        assert_error(result, "invalid_code")
 
 
 def _alias_bomb() -> str:
