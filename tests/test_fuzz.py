@@ -15,17 +15,20 @@ import hashlib
 import json
 import os
 import sqlite3
+import tempfile
 from typing import Any
 
 import anyio.from_thread
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 from mcp import Client
 
 from conftest import FakeEmbedder
 from server import Settings, create_server
 
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="selfmcp-hypothesis-"))  # not a .hypothesis folder in the repo
 CALLS = 2100  # acceptance: at least 2,000 generated calls
 
 TOOLS = ("skill_create", "skill_search", "skill_execute", "skill_list_summary", "skill_get_detail",
@@ -115,7 +118,6 @@ def session(tmp_path_factory):
             portal.wrap_async_context_manager(Client(server)) as client:
         stats = {"calls": 0, "errors": {}}
         yield portal, client, db_path, stats
-    print("fuzz:", stats)
     assert stats["calls"] >= CALLS, stats
 
 
