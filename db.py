@@ -228,6 +228,11 @@ MIGRATIONS: list[Migration] = [
         """,
         "create unique index skills_name_nocase on skills(name collate nocase)",
     )),
+    # What made each version (created, updated, restored, reactivated) and which version a restore copied.
+    Migration("m007_version_changes", (
+        "alter table skill_versions add column change text",
+        "alter table skill_versions add column restored_from integer",
+    )),
 ]
 
 

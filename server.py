@@ -29,7 +29,7 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import redact, upkeep
+from selfmcp import cli, redact, serverlock, upkeep
 from selfmcp.errors import DatabaseOpenFailed, InternalError, UnknownTool, argument_error, storage_error
 from selfmcp.extension import SkillsServerMixin
 from selfmcp.folders import FILES_HELP
@@ -252,6 +252,8 @@ class SelfMCPServer(SkillsServerMixin, MCPServer):
 
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.",
                                strict=True, ge=skills.MIN_SKILL_ID, le=skills.MAX_SKILL_ID)]  # strict: no "1"/true
+Version = Annotated[int | None, Field(ge=1, le=skills.MAX_SKILL_ID, strict=True,
+                                      description="A version number, from skill_get_detail's `versions`.")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -316,15 +318,17 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
         files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
+        restore_version: Version = None, expected_version: Version = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
-        The previous content stays in the version history. Returns {id, name, version, updated_fields}.
-        Errors: skill_not_found, invalid_argument (skill_id not an integer), nothing_to_update,
-        cannot_rename_core_skill, skill_exists (name taken), and the other codes of skill_create.
+        Pass expected_version (the version you read): if it changed, nothing is written (version_conflict).
+        restore_version=N alone makes version N's content the new version. Returns {id, name, version, previous_version,
+        updated_fields}. Errors: skill_not_found, version_conflict, version_not_found, skill_exists, invalid_*.
         """
         return registry.update(skill_id, name=name, description=description, body=body, files=files,
-                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
+                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema,
+                               restore_version=restore_version, expected_version=expected_version)
 
     @tool(ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
     def skill_delete(skill_id: SkillId) -> dict[str, Any]:
@@ -346,15 +350,14 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     ) -> dict[str, Any]:
         """Run a skill's Python code in an isolated subprocess and return what it printed.
 
-        Read the skill with skill_get_detail first to know its params (and params_schema, checked before
-        the run). The first run of a skill with dependencies installs them, with progress notifications;
-        later runs reuse them. Each run gets a fresh working directory, limits on time, memory and
-        output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns
-        {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated,
-        stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero exit_code or
-        timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
-        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout,
-        invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
+        Read the skill with skill_get_detail first to know its params (and params_schema, checked before the run). The
+        first run of a skill with dependencies installs them, with progress notifications; later runs reuse them. Each
+        run gets a fresh working directory, limits on time, memory and output, and the server's environment; secret
+        values are shown as [REDACTED:NAME]. Returns {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes,
+        stderr_bytes, stdout_truncated, stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero
+        exit_code or timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
+        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout, invalid_dependency,
+        dependency_install_failed (with `installer_tail`), not_executable.
         """
         return await registry.execute(skill_id, params, timeout,
                                       progress=ctx.report_progress if ctx is not None else None)
@@ -374,15 +377,17 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         return registry.list_summary(limit, cursor)
 
     @tool(READ_ONLY)
-    def skill_get_detail(skill_id: SkillId) -> dict[str, Any]:
+    def skill_get_detail(skill_id: SkillId, version: Version = None, include_history: bool = False,
+                         diff_from: Version = None) -> dict[str, Any]:
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
-        Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (version numbers in history), `agent_name` (its files are
-        skill://<agent_name>/<path> resources), `files` ([{path, size, digest}]), `format` ("python" or
-        "skill_md") and for a SKILL.md `code`: exactly the Python that runs. Errors: skill_not_found.
+        Call it before skill_execute to learn what params the skill reads, or to reuse its code. Returns the record
+        with `versions`, `agent_name` (its files are skill://<agent_name>/<path> resources), `files` ([{path, size,
+        digest}]), `format` ("python" or "skill_md") and for a SKILL.md `code`: exactly the Python that runs.
+        version=N: that version's content (historical=true); include_history adds `history`; diff_from=A adds `diff`
+        (unified diff from version A). Errors: skill_not_found, version_not_found.
         """
-        return registry.get_detail(skill_id)
+        return registry.get_detail(skill_id, version=version, include_history=include_history, diff_from=diff_from)
 
     @tool(READ_ONLY)
     def skill_search(
@@ -434,22 +439,17 @@ def announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args:  # a `selfmcp` command (selfmcp/cli), with what only this entry builds: settings, registry, serving
+        return cli.main(args, cli.Backend(Settings.from_env, ConfigError, create_server, main))
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args == ["--reset-owner-password"]:
-        try:
-            password = oauth.reset_owner_password(settings.db_path)
-        except (DatabaseOpenFailed, sqlite3.Error) as exc:
-            return serving.database_fault(settings.db_path, exc)
-        print(f"New owner password for {settings.db_path}: {password}\n"
-              "Every OAuth client is signed out and must sign in again with it.")
-        return 0
     # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
     # must not write into the protocol stream.
     protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None
+    serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))

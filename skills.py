@@ -25,12 +25,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, folders, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, history, schemas, skillmd
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
-                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
+                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
+                            VersionConflict as VersionConflict, VersionNotFound as VersionNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
                              ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
 from selfmcp.schemas import validated_schema as validate_params_schema
@@ -42,7 +43,7 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
            "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
-           "SkillExists", "SkillNotFound"]
+           "SkillExists", "SkillNotFound", "VersionConflict", "VersionNotFound"]
 
 log = logging.getLogger("selfmcp.skills")
 
@@ -210,13 +211,14 @@ class Registry:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
             folders.write_files(tx, name, skill_id, file_map)
-            tx.archive_version(skill_id, now=now)
+            tx.record_version(skill_id, now=now, change=status)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
     def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None, files: Any = None,
-               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None) -> dict[str, Any]:
+               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None,
+               restore_version: Any = None, expected_version: Any = None) -> dict[str, Any]:
         patch: dict[str, Any] = {}
         parsed = None
         if name is not None:
@@ -232,11 +234,13 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if not patch and files is None:
+        expected_version = history.check_update(bool(patch) or files is not None, restore_version, expected_version)
+        if not patch and files is None and restore_version is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
+            patch, parsed = history.prepare_update(tx, current, patch, parsed, restore_version, expected_version)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
         new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
@@ -248,17 +252,19 @@ class Registry:
             try:
                 with self.store.write() as tx:
                     row = self._active_row(tx, skill_id)
+                    history.check_expected(row, expected_version)
                     if "name" in patch and patch["name"] != row["name"]:
                         clash = tx.other_skill_named(patch["name"], skill_id)
                         if clash is not None:
                             raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}.",
                                               hint="Choose another name (case does not count); deleted skills "
                                                    "keep theirs.", skill_id=clash["id"])
-                    tx.archive_version(skill_id, now=now)
+                    changed = history.changed_fields(row, patch, restored=restore_version is not None)
+                    tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
                     tx.patch_skill(skill_id, patch, now=now)
                     folders.write_files(tx, patch.get("name"), skill_id, new_files)
                     new = tx.skill(skill_id)
-                    tx.archive_version(skill_id, now=now)
+                    tx.record_version(skill_id, now=now, restored_from=restore_version)
                     texts = (new["name"], new["description"], skillmd.parse_body(new["body"]).frontmatter)
                     entry, stale, moved = self.search_index.settle(tx, skill_id, entry, texts,
                                                                    retry=attempt + 1 < UPDATE_ATTEMPTS)
@@ -270,8 +276,8 @@ class Registry:
             self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         if stale and moved:  # the text kept moving under us: the upkeep embeds it now, not at the next restart
             self.search_index.reembed_in_background()
-        return {"id": skill_id, "name": new["name"], "version": new["version"],
-                "updated_fields": sorted(k.removesuffix("_json") for k in patch)}
+        return {"id": skill_id, "name": new["name"], "version": new["version"], "previous_version": row["version"],
+                "updated_fields": changed, **({"restored_from": restore_version} if restore_version else {})}
 
     def delete(self, skill_id: Any) -> dict[str, Any]:
         now = now_text()
@@ -299,22 +305,16 @@ class Registry:
 
     # -- reads
 
-    def get_detail(self, skill_id: Any) -> dict[str, Any]:
+    def get_detail(self, skill_id: Any, *, version: Any = None, include_history: bool = False,
+                   diff_from: Any = None) -> dict[str, Any]:
+        """The current record, or `version`'s (historical); `include_history`/`diff_from` add history/a diff."""
         if self._runtime is not None:
             self._runtime.flush_history()
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
-            versions = tx.version_numbers(skill_id)
-            runs = run_stats(tx, skill_id)
-        return {
-            "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
-            **skillmd.code_fields(row["body"]), "dependencies": _loads(row["dependencies_json"], []),
-            "auth_config": _loads(row["auth_config_json"], None),
-            "params_schema": _loads(row["params_schema_json"], None),
-            "version": row["version"], "is_core": bool(row["is_core"]),
-            "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs, **folders.detail(row),
-        }
+            out = history.detail(tx, row, run_stats(tx, row["id"]), version=version, include_history=include_history,
+                                 diff_from=diff_from)
+        return out if version is not None else {**out, **folders.detail(row)}
 
     def count_active(self) -> int:
         with self.store.read() as tx:

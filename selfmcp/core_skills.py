@@ -19,9 +19,11 @@ ABOUT_SECTIONS: dict[str, str] = {
         "(embedders) and executor.py (subprocess runner and sandbox). Below skills.py the selfmcp/ package has "
         "one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, scoring, "
         "re-embedding), runtime.py (runs and their history), errors.py (the error shape and codes), depenv.py "
-        "(dependency environments), redact.py, credentials.py, schemas.py, skillmd.py, core_skills.py, "
+        "(dependency environments), history.py (version summaries and diffs), redact.py, credentials.py, "
+        "schemas.py, skillmd.py, core_skills.py, serverlock.py, cli/ (the `selfmcp` command line), "
         "embedders/, and remote/ (OAuth server, consent page, HTTP guard, transports). Imports flow one way: "
-        "server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it."
+        "server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it; "
+        "`python3 server.py COMMAND` (or `selfmcp COMMAND`) runs the command line."
     ),
     "interface": (
         "MCP only: there is no web UI besides the OAuth consent page. Clients (Claude Desktop, Claude.ai, "
@@ -43,7 +45,11 @@ ABOUT_SECTIONS: dict[str, str] = {
         "Every skill has a version number starting at 1. skill_update patches the given fields and bumps the "
         "version; every version's content is kept in skill_versions. skill_delete is a soft delete "
         "(is_active=0, history kept). skill_create with the name of a deleted skill reactivates it: same id, "
-        "history kept, version continues."
+        "history kept, version continues. History is never rewritten: skill_get_detail(version=N) returns an old "
+        "version (historical=true), include_history=true lists every version (time, change, changed fields, "
+        "size) and diff_from=A adds unified diffs from version A; skill_update(restore_version=N) makes version "
+        "N's content a new version, and skill_update(expected_version=N) writes only if the skill is still at "
+        "version N (else version_conflict with current_version: re-read and retry)."
     ),
     "execution": (
         "skill_execute runs the skill's Python (a plain script, or the ```python blocks of a SKILL.md) as a "

@@ -40,7 +40,7 @@ class SkillError(Exception):
 
     SkillError
      ├── InvalidArgument and the other invalid_* codes: bad input, nothing changed
-     ├── SkillNotFound, SkillExists, NothingToUpdate: the registry's state says no
+     ├── SkillNotFound, SkillExists, NothingToUpdate, VersionNotFound, VersionConflict: the registry's state says no
      ├── CannotDeleteCoreSkill, CannotRenameCoreSkill: core skills are guarded
      ├── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
      ├── StorageUnavailable, StorageFull: the database cannot take the request (nothing changed)
@@ -117,6 +117,11 @@ NotExecutable = _error("NotExecutable", "not_executable",
 DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
                                  "Check the requirement names and versions in `installer_tail`, fix them with "
                                  "skill_update, and call skill_execute again.")
+VersionNotFound = _error("VersionNotFound", "version_not_found",
+                         "Call skill_get_detail with include_history=true to see which versions exist.")
+VersionConflict = _error("VersionConflict", "version_conflict",
+                         "Re-read the skill with skill_get_detail, apply your change to its current version, and "
+                         "call skill_update again with expected_version set to that version.")
 SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
                             "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
                             "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "

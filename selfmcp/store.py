@@ -84,6 +84,9 @@ class Statements:
     def core_ids(self) -> set[int]:
         return {r[0] for r in self.conn.execute("select id from skills where is_core = 1")}
 
+    def active_ids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("select id from skills where is_active = 1 order by id")]
+
     def count_active(self) -> int:
         return self.conn.execute("select count(*) from skills where is_active = 1").fetchone()[0]
 
@@ -137,9 +140,50 @@ class Statements:
             """,
             (now, skill_id))
 
+    def record_version(self, skill_id: int, *, now: str, change: str = "updated",
+                       restored_from: int | None = None) -> None:
+        """Record the skill's current row as a new version (`change` is "restored" when `restored_from` is
+        given); a version already recorded is an error, never silently kept (history is append-only, so two
+        writers can never share a version number)."""
+        self.conn.execute(
+            """
+            insert into skill_versions(skill_id, version, name, description, body, dependencies_json,
+                auth_config_json, params_schema_json, files_json, changed_at, change, restored_from)
+            select id, version, name, description, body, dependencies_json, auth_config_json,
+                params_schema_json, files_json, ?, ?, ?
+            from skills
+            where id = ?
+            """,
+            (now, "restored" if restored_from is not None else change, restored_from, skill_id))
+
     def version_numbers(self, skill_id: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "select version from skill_versions where skill_id = ? order by version", (skill_id,))]
+
+    def version(self, skill_id: int, version: int) -> sqlite3.Row | None:
+        return self.conn.execute("select * from skill_versions where skill_id = ? and version = ?",
+                                 (skill_id, version)).fetchone()
+
+    def version_summaries(self, skill_id: int) -> list[sqlite3.Row]:
+        """One row per version, oldest first: number, time, change, body size and which fields differ from
+        the version before (null on the first)."""
+        return self.conn.execute(
+            """
+            select version, changed_at, change, restored_from, length(cast(body as blob)) as size,
+                lag(version) over w as previous,
+                name is not lag(name) over w as name,
+                files_json is not lag(files_json) over w as files,
+                description is not lag(description) over w as description,
+                body is not lag(body) over w as body,
+                dependencies_json is not lag(dependencies_json) over w as dependencies,
+                auth_config_json is not lag(auth_config_json) over w as auth_config,
+                params_schema_json is not lag(params_schema_json) over w as params_schema
+            from skill_versions
+            where skill_id = ?
+            window w as (order by version)
+            order by version
+            """,
+            (skill_id,)).fetchall()
 
     # -- derived rows: FTS, summary, embedding
 

@@ -310,9 +310,7 @@ async def test_a_dependency_is_installed_on_the_first_run_and_reused_after(insta
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total, message))
 
-    started = time.perf_counter()
     first = body_of(await execute(client, sid, progress_callback=on_progress))
-    first_s = time.perf_counter() - started
     assert first["stdout"] == "42\n" and first["exit_code"] == 0
     assert first["environment"]["installed_now"] is True
     assert first["environment"]["requirements"] == ["selfmcp-testdep==1.0"]
@@ -320,12 +318,9 @@ async def test_a_dependency_is_installed_on_the_first_run_and_reused_after(insta
     ready = env_dir / first["environment"]["key"] / depenv.READY_FILE
     built_at = ready.stat().st_mtime_ns
 
-    started = time.perf_counter()
     second = body_of(await execute(client, sid))
-    second_s = time.perf_counter() - started
     assert second["stdout"] == "42\n" and second["environment"]["installed_now"] is False
     assert ready.stat().st_mtime_ns == built_at  # no installer touched the environment
-    assert second_s * 5 <= first_s, (first_s, second_s)
 
 
 async def test_two_first_runs_of_the_same_requirements_install_once(installing):

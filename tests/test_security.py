@@ -360,7 +360,11 @@ def test_the_migration_keeps_one_spelling_and_renames_the_other_case_variants(tm
     path = tmp_path / "old.db"
     with contextlib.closing(db.connect(path)) as conn:
         conn.execute("drop index skills_name_nocase")
-        conn.execute(f"pragma user_version = {len(db.MIGRATIONS) - 1}")
+        before = [m.name for m in db.MIGRATIONS].index("m006_case_insensitive_names")
+        conn.execute(f"pragma user_version = {before}")
+        if any(m.name == "m007_version_changes" for m in db.MIGRATIONS):  # undo what the later steps add
+            conn.execute("alter table skill_versions drop column change")
+            conn.execute("alter table skill_versions drop column restored_from")
         for name in ("weather", "Weather", "WEATHER", "other"):
             conn.execute("insert into skills(name, description, body, created_at, updated_at) "
                          "values (?, 'd', 'print(1)', 'now', 'now')", (name,))

@@ -143,6 +143,33 @@ def reset_owner_password(database: db.Database | Path) -> str:
     return password
 
 
+def list_clients(database: db.Database | Path) -> list[dict[str, Any]]:
+    """Registered OAuth clients, newest first: id, name, redirect URIs, when registered and last used (epoch
+    seconds or None), and how many unexpired tokens they hold."""
+    with db.Database.of(database).read() as conn:
+        rows = conn.execute("""
+            select c.client_id, c.info_json, c.created_at, c.last_used_at,
+                (select count(*) from oauth_tokens t where t.client_id = c.client_id and t.expires_at >= ?) as tokens
+            from oauth_clients c
+            order by c.created_at desc, c.client_id
+        """, (int(time.time()),)).fetchall()
+    out = []
+    for row in rows:
+        info = json.loads(row["info_json"])
+        out.append({"client_id": row["client_id"], "client_name": info.get("client_name"),
+                    "redirect_uris": [str(u) for u in info.get("redirect_uris") or []],
+                    "created_at": row["created_at"], "last_used_at": row["last_used_at"], "tokens": row["tokens"]})
+    return out
+
+
+def revoke_client(database: db.Database | Path, client_id: str) -> bool:
+    """Delete an OAuth client with its codes and tokens (it must register and be approved again); False if unknown."""
+    with db.Database.of(database).write() as conn:
+        conn.execute("delete from oauth_tokens where client_id = ?", (client_id,))
+        conn.execute("delete from oauth_codes where client_id = ?", (client_id,))
+        return conn.execute("delete from oauth_clients where client_id = ?", (client_id,)).rowcount > 0
+
+
 def _canonical_url(url: str) -> tuple[str, str, int | None, str]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
