@@ -449,13 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
     # must not write into the protocol stream.
     protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None
-    serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
     try:
+        serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
         mcp = create_server(settings)
-    except (DatabaseOpenFailed, sqlite3.Error) as exc:
+    except (DatabaseOpenFailed, sqlite3.Error, OSError) as exc:
         return serving.database_fault(settings.db_path, exc)
     registry: skills.Registry = mcp.registry
     try:
