@@ -30,6 +30,14 @@ def error_body(code: str, message: str, hint: str, **details: Any) -> dict[str, 
     return {"error": code, "message": message, "hint": hint, **details}
 
 
+def error_result(payload: dict[str, Any]) -> Any:
+    """The payload as an MCP tool error: the same JSON as text and as structured content, is_error set."""
+    from mcp.types import CallToolResult, TextContent
+
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+                          structured_content=payload, is_error=True)
+
+
 def error_json(code: str, message: str, hint: str, **details: Any) -> bytes:
     """`error_body` as UTF-8 JSON, for HTTP responses."""
     return json.dumps(error_body(code, message, hint, **details), ensure_ascii=False).encode()
