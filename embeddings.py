@@ -1,17 +1,23 @@
-"""Text embeddings for skill search, and the in-memory vector index.
+"""Text embeddings for skill search.
 
 Embedders turn texts into L2-normalised float32 rows. Which one runs is decided by
 `make_embedder()`:
 
 - a remote LiteLLM model (OPENAI_API_KEY or SELFMCP_USE_LITELLM set), imported lazily,
   with the offline embedder behind it as a fallback when the remote fails;
-- otherwise the offline embedder: the static MiniLM table shipped in `models/` when it
-  is present, else a deterministic hashed n-gram embedder;
+- otherwise the offline embedder: the all-MiniLM-L6-v2 transformer run on numpy from the
+  int8 weights shipped in `models/minilm-l6/` (selfmcp/embedders/minilm.py; its weights load
+  on first use or through `warm_up()`, never at construction);
+- `SELFMCP_EMBED_MODEL=static` picks the static MiniLM token table (`models/minilm-l6-static/`,
+  ~10 ms to load, 0.1 ms a query, lower recall) for the smallest machines, and `hash` a
+  deterministic hashed n-gram embedder that needs no files; either is also the fallback when
+  the files of the one before it are missing;
 - `SELFMCP_EMBED_MODEL=sentence-transformers:<name or path>` runs a full local model
   (optional: needs the sentence-transformers package and torch).
 
 Every vector is stored with the id of the model that made it; vectors of different
-models are never compared (`VectorIndex` holds one model's vectors).
+models are never compared (selfmcp/search.py's `VectorIndex` holds one model's vectors), so a
+changed model is re-embedded in the background.
 """
 
 from __future__ import annotations
@@ -20,9 +26,7 @@ import hashlib
 import logging
 import os
 import re
-import threading
 import unicodedata
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +39,11 @@ HASH_MODEL_ID = "hash-ngram-256-v1"
 
 
 class Embedder(Protocol):
-    """Anything that embeds texts; `model_id` names the vector space it produces."""
+    """Anything that embeds texts; `model_id` names the vector space it produces.
+
+    An embedder whose model takes time to load may also have `ready` (loaded yet?) and
+    `warm_up()` (load now); search then never makes a write wait for the load.
+    """
 
     model_id: str
 
@@ -199,8 +207,8 @@ def embed_with_model(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarr
     return embedder.embed(texts), embedder.model_id
 
 
-def offline_embedder() -> Embedder:
-    """The best embedder that needs no network: the shipped static model, else hashing."""
+def static_embedder() -> Embedder:
+    """The shipped static MiniLM table, else hashing."""
     try:
         from selfmcp.embedders.static import load_static_embedder
     except ImportError:
@@ -212,7 +220,22 @@ def offline_embedder() -> Embedder:
         return HashEmbedder()
 
 
-LOCAL_MODEL_NAMES = {"static", "offline", "hash"}
+def offline_embedder() -> Embedder:
+    """The best embedder that needs no network: the shipped MiniLM transformer, else the static table.
+
+    Only the model's config is read here; its weights load on first use.
+    """
+    try:
+        from selfmcp.embedders.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    except (ImportError, OSError, ValueError, KeyError) as exc:
+        log.warning("MiniLM model unavailable (%s); using the static table", exc)
+        return static_embedder()
+
+
+STATIC_MODEL_NAMES = {"static"}
+LOCAL_MODEL_NAMES = {"minilm", "offline", *STATIC_MODEL_NAMES, "hash"}
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 
 
@@ -220,91 +243,11 @@ def make_embedder(model: str | None, *, use_remote: bool, api_base: str | None =
     """Choose the embedder for the settings: see the module docstring."""
     if model == "hash":
         return HashEmbedder()
+    if model in STATIC_MODEL_NAMES:
+        return static_embedder()
     if model and model.startswith(SENTENCE_TRANSFORMERS_PREFIX):
         return SentenceTransformerEmbedder(model.removeprefix(SENTENCE_TRANSFORMERS_PREFIX))
     offline = offline_embedder()
     if model in LOCAL_MODEL_NAMES or not use_remote:
         return offline
     return FallbackEmbedder(LiteLLMEmbedder(model or "text-embedding-3-small", api_base), offline)
-
-
-class QueryCache:
-    """A small LRU of query text -> (vector, model id), so repeated searches skip embedding."""
-
-    def __init__(self, size: int = 512) -> None:
-        self.size = size
-        self._items: OrderedDict[str, tuple[np.ndarray, str]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> tuple[np.ndarray, str] | None:
-        with self._lock:
-            item = self._items.get(key)
-            if item is not None:
-                self._items.move_to_end(key)
-            return item
-
-    def put(self, key: str, value: tuple[np.ndarray, str]) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
-class VectorIndex:
-    """One model's vectors in a contiguous matrix, kept in step with writes.
-
-    Rows are L2-normalised, so cosine similarity is one matrix-vector product.
-    Removal swaps the last row into the hole, keeping the matrix dense.
-    """
-
-    def __init__(self, model_id: str, dim: int) -> None:
-        self.model_id = model_id
-        self.dim = dim
-        self._matrix = np.zeros((64, dim), dtype=np.float32)
-        self._ids = np.zeros(64, dtype=np.int64)
-        self._row_of: dict[int, int] = {}
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._row_of)
-
-    def __contains__(self, skill_id: int) -> bool:
-        return skill_id in self._row_of
-
-    def upsert(self, skill_id: int, vector: np.ndarray) -> None:
-        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if vector.shape[0] != self.dim:
-            raise ValueError(f"vector of dimension {vector.shape[0]} in an index of dimension {self.dim}")
-        with self._lock:
-            row = self._row_of.get(skill_id)
-            if row is None:
-                row = len(self._row_of)
-                if row >= self._matrix.shape[0]:
-                    grow = max(64, self._matrix.shape[0])
-                    self._matrix = np.vstack([self._matrix, np.zeros((grow, self.dim), np.float32)])
-                    self._ids = np.concatenate([self._ids, np.zeros(grow, np.int64)])
-                self._row_of[skill_id] = row
-                self._ids[row] = skill_id
-            self._matrix[row] = vector
-
-    def remove(self, skill_id: int) -> None:
-        with self._lock:
-            row = self._row_of.pop(skill_id, None)
-            if row is None:
-                return
-            last = len(self._row_of)
-            if row != last:
-                moved = int(self._ids[last])
-                self._matrix[row] = self._matrix[last]
-                self._ids[row] = moved
-                self._row_of[moved] = row
-
-    def similarities(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Cosine of `query` with every row: (skill ids, similarities), unordered."""
-        query = np.asarray(query, dtype=np.float32).reshape(-1)
-        if query.shape[0] != self.dim:
-            raise ValueError(f"query of dimension {query.shape[0]} against an index of dimension {self.dim}")
-        with self._lock:
-            n = len(self._row_of)
-            return self._ids[:n].copy(), self._matrix[:n] @ query

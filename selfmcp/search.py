@@ -178,6 +178,9 @@ class IndexEntry:
     text_hash: str
     vector: np.ndarray | None
     model: str | None
+    # True when an embedding was wanted but not made now (model still loading, or the embed
+    # failed): the write drops any old vector and the background upkeep fills it in.
+    deferred: bool = False
 
 
 class Search:
@@ -190,6 +193,11 @@ class Search:
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
         self._reembed_lock = threading.Lock()
+        self._reembed_wanted = threading.Event()
+        # Set once a write went without a vector because the model was loading: from then on
+        # such writes start the background upkeep themselves.
+        self._deferred_writes = threading.Event()
+        self.reembed_paused = False
         with store.read() as tx:
             self.core_ids = tx.core_ids()
         if hasattr(embedder, "on_recovered"):
@@ -202,7 +210,7 @@ class Search:
         """The FTS fields, text and (unless `embed` is false) embedding of a skill about to be written."""
         fields, text = index_texts(name, description, frontmatter)
         vector, model = self._embed_one(text) if embed else (None, None)
-        return IndexEntry(fields, text, content_hash(text), vector, model)
+        return IndexEntry(fields, text, content_hash(text), vector, model, deferred=embed and vector is None)
 
     def has_current_vector(self, tx: Statements, skill_id: int, text_hash: str) -> bool:
         stored = tx.embedding_state(skill_id)
@@ -217,16 +225,33 @@ class Search:
         if entry.vector is not None and entry.model is not None:
             tx.upsert_embedding(skill_id, encode(entry.vector), int(entry.vector.shape[0]), entry.model,
                                 entry.text_hash, now=now)
+        elif entry.deferred:  # a reactivated skill's old vector is of its old text
+            tx.delete_embedding(skill_id)
 
     def after_commit(self, skill_id: int, vector: np.ndarray | None, model: str | None, *, active: bool) -> None:
-        """Bring the in-memory vector index in step with a committed write."""
+        """Bring the in-memory vector index in step with a committed write.
+
+        An active skill written without a vector gets one from the background upkeep.
+        """
         with self._index_lock:
             for index in self._indexes.values():
                 index.remove(skill_id)
             if active and vector is not None and model in self._indexes:
                 self._indexes[model].upsert(skill_id, vector)
+        if active and vector is None and self._deferred_writes.is_set():
+            self.reembed_in_background()
 
     def _embed_one(self, text: str) -> tuple[np.ndarray | None, str | None]:
+        """Embed one skill text now, unless the model is still loading.
+
+        A write never waits for a model load (~0.1-0.2 s, or a failing remote's timeout is the
+        remote's own): it is written without a vector, and the upkeep embeds it in the background
+        once the model is there. Once loaded, one text costs one forward pass (~7 ms, ~60 ms at
+        the 256-token limit), which the write does wait for, so search finds the skill at once.
+        """
+        if not getattr(self.embedder, "ready", True):
+            self._deferred_writes.set()
+            return None, None
         try:
             vectors, model = embed_with_model(self.embedder, [text])
         except Exception as exc:  # an embedder that cannot embed must not lose the write
@@ -357,6 +382,7 @@ class Search:
         """
         stale = self.stale_embeddings()
         done = 0
+        self.reembed_paused = False
         for start in range(0, len(stale), batch_size):
             with self.store.read() as tx:
                 rows = tx.texts(stale[start:start + batch_size])
@@ -365,6 +391,7 @@ class Search:
             vectors, model = embed_with_model(self.embedder, texts)
             if model != self.embedder.model_id:
                 log.warning("re-embedding paused: the active model is not answering")
+                self.reembed_paused = True
                 break
             now = now_text()
             with self.store.write() as tx:
@@ -379,20 +406,37 @@ class Search:
         return done
 
     def reembed_in_background(self) -> threading.Thread | None:
-        """Start re-embedding stale vectors in a daemon thread, unless a pass is already running."""
+        """Embed stale vectors in a daemon thread; None when a pass is already running.
+
+        The thread first loads the model if it has a `warm_up()` (so the server's first
+        search does not pay for it). A call that comes while a pass runs makes that pass go
+        round once more, so a skill written meanwhile without a vector is not missed.
+        """
+        self._reembed_wanted.set()
         if not self._reembed_lock.acquire(blocking=False):
             return None
 
         def work() -> None:
+            again = False
             try:
-                count = self.reembed_stale(progress=lambda done, total: log.info(
-                    "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
-                if count:
-                    log.info("re-embedding finished: %d skills", count)
+                warm_up = getattr(self.embedder, "warm_up", None)
+                if warm_up is not None:
+                    warm_up()
+                while self._reembed_wanted.is_set():
+                    self._reembed_wanted.clear()
+                    count = self.reembed_stale(progress=lambda done, total: log.info(
+                        "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
+                    if count:
+                        log.info("re-embedding pass finished: %d skills", count)
+                    if self.reembed_paused:
+                        break
+                again = not self.reembed_paused
             except Exception:
                 log.exception("re-embedding failed; vector search covers the skills embedded so far")
             finally:
                 self._reembed_lock.release()
+            if again and self._reembed_wanted.is_set():  # asked for between the last check and the release
+                self.reembed_in_background()
 
         thread = threading.Thread(target=work, name="selfmcp-reembed", daemon=True)
         thread.start()
