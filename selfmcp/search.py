@@ -41,7 +41,7 @@ CORE_SCORE_FACTOR = 0.6
 KEYWORD_CANDIDATES = 200
 # Up to this many skills the in-memory keyword index is built before the registry answers
 # (~0.1 s); beyond, in a background thread while FTS5 answers keyword queries.
-KEYWORD_BUILD_INLINE = 2000
+KEYWORD_BUILD_INLINE = 500
 VECTOR_CANDIDATES = 100
 SHORT_DESCRIPTION_CHARS = 120
 # bm25 weights of the FTS columns (name, description, tags); store.keyword_matches uses the same.
