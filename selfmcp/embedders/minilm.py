@@ -18,6 +18,7 @@ about 0.9996 (tests/test_minilm_embedder.py checks a stored reference).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import threading
@@ -33,6 +34,40 @@ __all__ = ["DEFAULT_MODEL_DIR", "MiniLMEmbedder", "load_minilm_embedder"]
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "minilm-l6"
 # Texts are padded to the longest of their batch; sorting by length first keeps padding small.
 BATCH_SIZE = 32
+
+
+_BLAS_SET_THREADS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+                     "openblas_set_num_threads")
+
+
+def limit_blas_threads(threads: int = 1) -> bool:
+    """Make the OpenBLAS loaded by numpy use `threads` threads; True if it was found.
+
+    Measured on the shared 2-core machine: with OpenBLAS's default (one thread per core) a
+    query's matrix products took 20-100x longer whenever the other core was busy (its threads
+    spin waiting for each other), and a server's request threads and the re-embedding thread
+    already use both cores. An explicit OPENBLAS_NUM_THREADS is left alone.
+    """
+    if os.environ.get("OPENBLAS_NUM_THREADS"):
+        return False
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            libraries = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return False
+    done = False
+    for path in libraries:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for symbol in _BLAS_SET_THREADS:
+            setter = getattr(lib, symbol, None)
+            if setter is not None:
+                setter(ctypes.c_int(threads))
+                done = True
+                break
+    return done
 
 
 def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -110,6 +145,7 @@ class MiniLMEmbedder:
         self.cls_id, self.sep_id = vocab["[CLS]"], vocab["[SEP]"]
         self.eps = float(cfg["layer_norm_eps"])
         self.heads = int(cfg["heads"])
+        limit_blas_threads(1)
         with np.load(self.path / cfg["weights_file"], allow_pickle=False) as npz:
             w = {name: npz[name] for name in npz.files}
 
@@ -117,7 +153,7 @@ class MiniLMEmbedder:
             return w[name].astype(np.float32)
 
         def matrix(name: str) -> np.ndarray:
-            out = w[name].astype(np.float32)
+            out = np.ascontiguousarray(w[name], dtype=np.float32)
             out *= w[name + ".scale"]
             return out
 
