@@ -3,8 +3,10 @@
 - `FakeEmbedder` / `BrokenEmbedder`: deterministic embedders (as llm's EmbedDemo), no model files.
 - fixtures `anyio_backend`, `db_path`, `reg` (a seeded Registry on a temporary database).
 - `assert_error(result, code)`: a tool result carries the one error shape with that code.
-- `free_port()`, `clean_env()`, `Server` / `run_server()` (server.py as a subprocess on HTTP),
-  `http_server()` (the same, yielding its base URL), `stdio_params()` (server.py over stdio).
+- `free_port()`, `clean_env()`, `Server` / `run_server()` (server.py as a subprocess on HTTP; HTTP asks
+  for credentials on every bind, so a test says SELFMCP_AUTH=none when it wants none),
+  `http_server()` (the same, yielding its base URL: no auth, or `token=` for the static token),
+  `http_client()` (an MCP Client for it, with the token), `stdio_params()` (server.py over stdio).
 - OAuth client helpers: `register`, `pkce`, `form_fields`, `mcp_post`.
 """
 
@@ -235,7 +237,27 @@ async def mcp_post(base: str, access_token: str) -> httpx2.Response:
 
 
 @contextlib.contextmanager
-def http_server(tmp_path, **extra: str) -> Iterator[str]:
-    """server.py on streamable HTTP at 127.0.0.1:<free port>; yields its base URL."""
+def http_server(tmp_path, *, token: str | None = None, **extra: str) -> Iterator[str]:
+    """server.py on streamable HTTP at 127.0.0.1:<free port>; yields its base URL.
+
+    With `token`, clients must send it (SELFMCP_AUTH=token); without, and without SELFMCP_AUTH or
+    SELFMCP_AUTH_TOKEN in `extra`, the server is started with SELFMCP_AUTH=none explicitly.
+    """
+    if token is not None:
+        extra.update(SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=token)
+    elif "SELFMCP_AUTH" not in extra and "SELFMCP_AUTH_TOKEN" not in extra:
+        extra["SELFMCP_AUTH"] = "none"
     with run_server(tmp_path, SELFMCP_DB_PATH=str(tmp_path / "e2e.db"), SELFMCP_LOG_LEVEL="WARNING", **extra) as server:
         yield server.base
+
+
+@contextlib.asynccontextmanager
+async def http_client(base: str, token: str | None = None, mode: str = "auto") -> Any:
+    """An MCP Client on `base`/mcp over streamable HTTP, sending `token` as the bearer token if given."""
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+        async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
+            yield client

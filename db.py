@@ -4,6 +4,12 @@ No business rules live here. `connect()` gives a connection configured the same 
 every time (WAL, busy timeout, foreign keys, explicit transactions); `migrate()` brings
 the schema to the newest version, one numbered step at a time.
 
+The file holds OAuth clients and token hashes and every skill, so it is the owner's alone:
+`connect()` creates a missing directory 0700 and the file 0600 before SQLite opens it (SQLite
+gives its -wal and -shm files the database file's mode), tightens an existing file, its -wal
+and -shm to 0600, and removes write access for others from its directory when this process owns
+it (a sticky directory such as /tmp is left alone, with a warning).
+
 Migration N takes `PRAGMA user_version` from N-1 to N. Append only: never edit a
 migration that has shipped, because databases in the field have already run it.
 """
@@ -11,15 +17,20 @@ migration that has shipped, because databases in the field have already run it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
+FILE_MODE = 0o600
+DIR_MODE = 0o700
 
+log = logging.getLogger("selfmcp.db")
 
 
 @dataclass(frozen=True)
@@ -166,14 +177,74 @@ MIGRATIONS: list[Migration] = [
     Migration("m004_active_skills_index", (
         "create index skills_active on skills(id) where is_active = 1",
     )),
+    # A skill's supporting files (selfmcp/documents.py): the skill row and each version row keep a
+    # manifest (path, size, digest); the bytes live once per digest, so versions share unchanged files.
+    Migration("m005_skill_files", (
+        "alter table skills add column files_json text",
+        "alter table skill_versions add column files_json text",
+        # Where an imported skill came from: {source, ref?, commit?, path} (selfmcp/transfer.py).
+        "alter table skills add column source_json text",
+        """
+        create table skill_blobs (
+            digest text primary key,
+            size integer not null,
+            content blob not null
+        )
+        """,
+    )),
+    # Names are unique without regard to case. Databases that already hold two spellings of one
+    # name keep the oldest as it is; the others get "~<id>" appended ('~' is never in a valid
+    # name, so the result clashes with nothing) and can be renamed with skill_update.
+    Migration("m006_case_insensitive_names", (
+        """
+        update skills
+        set name = name || '~' || id
+        where exists (
+            select 1
+            from skills as older
+            where older.name = skills.name collate nocase
+              and older.id < skills.id
+        )
+        """,
+        "create unique index skills_name_nocase on skills(name collate nocase)",
+    )),
+    # What made each version (created, updated, restored, reactivated) and which version a restore copied.
+    Migration("m007_version_changes", (
+        "alter table skill_versions add column change text",
+        "alter table skill_versions add column restored_from integer",
+    )),
 ]
+
+
+def _owner_only(path: Path) -> None:
+    """Create `path`'s directory (0700) and file (0600) if missing; tighten them if they exist."""
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    info = directory.stat()
+    if info.st_mode & stat.S_IWOTH:
+        if info.st_mode & stat.S_ISVTX or info.st_uid != os.geteuid():
+            log.warning("the database directory %s is writable by every user; keep the database in a "
+                        "directory of its own (SELFMCP_DB_PATH)", directory)
+        else:
+            os.chmod(directory, stat.S_IMODE(info.st_mode) & ~(stat.S_IWOTH | stat.S_IWGRP))
+    # O_EXCL: never open (and close) a descriptor of a database this process may have open, as
+    # closing any descriptor of a file drops every POSIX lock the process holds on it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}-journal")):
+        with contextlib.suppress(FileNotFoundError, PermissionError):
+            mode = stat.S_IMODE(name.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(name, mode & 0o700)
+
 
 
 def connect(path: str | os.PathLike[str], *, migrate_schema: bool = True) -> sqlite3.Connection:
     """Open the database at `path`, configured for selfMCP, migrated unless told not to."""
     path = Path(path)
     if str(path) != ":memory:":
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _owner_only(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")

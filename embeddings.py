@@ -16,7 +16,7 @@ Embedders turn texts into L2-normalised float32 rows. Which one runs is decided 
   (optional: needs the sentence-transformers package and torch).
 
 Every vector is stored with the id of the model that made it; vectors of different
-models are never compared (selfmcp/search.py's `VectorIndex` holds one model's vectors), so a
+models are never compared (selfmcp/search.py keeps one in-memory index per model), so a
 changed model is re-embedded in the background.
 """
 

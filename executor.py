@@ -10,9 +10,19 @@ runs. Each run gets:
   `preexec_fn` runs in the server;
 - at most `max_output_bytes` kept of each of stdout and stderr, while the bytes
   produced are still counted;
-- optionally bubblewrap (`Sandbox.mode == "bwrap"`): a PID namespace, no capabilities,
-  a read-only view of the system with only its working directory writable, and none of
-  the paths in `Sandbox.hidden` (the database's and the server's directories).
+- bubblewrap (`Sandbox.mode == "bwrap"`): a PID namespace, no capabilities, a read-only
+  view of the system with only its working directory (a tmpfs of `Limits.workdir_mb`)
+  writable, a read-only /dev and /proc/sys, /etc/shadow masked, and none of the paths in
+  `Sandbox.hidden` (the database's and the server's directories). A root server runs each
+  slot's skills as its own unprivileged uid (`confine.RunUids`, switched by setpriv);
+- or, without bubblewrap, Landlock (`Sandbox.mode == "landlock"`): the same paths hidden,
+  writes only in the run's directory, no signals to the server (see confine.py);
+- where the system allows, a cgroup per slot bounding the run's TOTAL memory and process
+  count; the child waits on a pipe until the server has moved it there.
+
+The skill's code, params and compiled code are written to `<workdir>/.in`, read-only in
+the sandbox; params longer than `_PARAMS_IN_ENV` reach SELFMCP_PARAMS through that file
+(Linux caps one environment string at 128 KiB).
 
 When the run ends (exit, timeout or the caller's cancellation) every process it
 started is killed: the process group, then any process found in /proc that belongs to
@@ -24,6 +34,7 @@ re-raised after the kill.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import marshal
@@ -35,12 +46,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+import confine
 
 log = logging.getLogger("selfmcp.executor")
 
-SANDBOX_MODES = ("auto", "bwrap", "none")
+# SELFMCP_PARAMS up to this many characters goes in the environment; longer ones by file.
+_PARAMS_IN_ENV = 64 * 1024
 RUN_ID_VAR = "SELFMCP_RUN_ID"
 # How long to keep reading a finished run's pipes once its processes are killed.
 _DRAIN_AFTER_KILL_S = 0.5
@@ -48,7 +62,6 @@ _DRAIN_AFTER_KILL_S = 0.5
 _KILL_DEADLINE_S = 2.0
 _READ_CHUNK = 1 << 16
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_MERGED_USR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 # Runs in the skill's interpreter before its code: set the limits (soft = hard, so the
 # skill cannot raise them back; never above a hard limit the server already has), then
@@ -56,12 +69,12 @@ _MERGED_USR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 # `_c`: unmarshalled from what the server compiled when the interpreter is the server's
 # own (a first compile() in a fresh interpreter costs ~2 ms), else compiled from source.
 _PRELUDE = """\
-import resource as _r, sys as _s
+{landlock}import resource as _r, sys as _s
 for _k, _v in ({limits}):
     _h = _r.getrlimit(_k)[1]
     _v = _v if _h == _r.RLIM_INFINITY else min(_v, _h)
     _r.setrlimit(_k, (_v, _v))
-def _hook(t, v, tb, _print=_s.__excepthook__):
+{files}def _hook(t, v, tb, _print=_s.__excepthook__):
     while tb is not None and tb.tb_frame.f_code.co_filename == "<string>":
         tb = tb.tb_next  # drop this prelude's frame from the skill's tracebacks
     if isinstance(v, BaseException):
@@ -70,18 +83,36 @@ def _hook(t, v, tb, _print=_s.__excepthook__):
 _s.excepthook = _hook
 _p = {script!r}
 _s.argv[:] = [_p]
-_s.path[0] = {workdir!r}
+_s.path[0] = {script_dir!r}
 __file__ = _p
 {load}
-del _r, _s, _k, _v, _h, _p, _f, _hook
+{params}{site}del _r, _s, _k, _v, _h, _p, _f, _hook
 exec(globals().pop("_c"))
 """
-_LOAD_SOURCE = """with open(_p, "rb") as _f:
+_LOAD_SOURCE = """with open({code_path!r}, "rb") as _f:
     _c = compile(_f.read(), _p, "exec")"""
 _LOAD_MARSHAL = """import marshal
 with open({code_path!r}, "rb") as _f:
     _c = marshal.loads(_f.read())
 del marshal"""
+# The run's first process joins its slot's cgroups ("0" moves the writer) and then becomes the
+# run, so every process the run starts is born inside them: no race, no /proc scan.
+_JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+# A skill's files, written by the server under .in/files, become the run's working directory's own.
+_FILES = """import os as _o, shutil as _sh
+for _d, _ds, _fs in _o.walk({src!r}):
+    _t = _o.path.join({dst!r}, _o.path.relpath(_d, {src!r}))
+    _o.makedirs(_t, exist_ok=True)
+    for _n in _fs:
+        _sh.copyfile(_o.path.join(_d, _n), _o.path.join(_t, _n))
+del _o, _sh, _d, _ds, _fs, _t
+"""
+_PARAMS_FILE = """import os as _o
+with open({path!r}, encoding="utf-8") as _f:
+    _o.environ["SELFMCP_PARAMS"] = _f.read()
+del _o
+"""
+_SITE = "import site as _site\n_site.main()\ndel _site\n"
 # Code larger than this is compiled in a worker thread rather than on the event loop.
 _INLINE_COMPILE_CHARS = 32 * 1024
 
@@ -94,18 +125,8 @@ class Limits:
     max_output_bytes: int = 1 << 20
     file_size_mb: int = 256
     cpu_s: int | None = None  # None: the run's timeout, rounded up, plus one second
-
-
-@dataclass(frozen=True)
-class Sandbox:
-    """How runs are isolated: `mode` is "bwrap" or "none" (never "auto": see `resolve_sandbox`)."""
-
-    mode: str = "none"
-    network: bool = True
-    bwrap: str | None = None
-    hidden: tuple[str, ...] = ()
-    # Why "auto" settled on "none" (for the start-up warning); empty otherwise.
-    note: str = ""
+    processes: int = 128  # per run, in total (cgroup; else RLIMIT_NPROC of the slot's uid)
+    workdir_mb: int = 256  # size of the working directory (a tmpfs under bubblewrap)
 
 
 @dataclass
@@ -123,106 +144,11 @@ class ExecResult:
     sandbox: str = "none"
 
 
-# --------------------------------------------------------------------------- sandbox
-
-def probe_bwrap(bwrap: str, *, network: bool = True) -> str | None:
-    """Try a minimal bubblewrap sandbox; None when it works, else why it does not."""
-    true = shutil.which("true") or "/bin/true"
-    cmd = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--unshare-pid",
-           "--die-with-parent", "--cap-drop", "ALL"]
-    if not network:
-        cmd.append("--unshare-net")
-    try:
-        done = subprocess.run([*cmd, true], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{bwrap} could not be run: {exc}"
-    if done.returncode != 0:
-        err = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        return f"{bwrap} failed ({err[-1] if err else f'exit {done.returncode}'})"
-    return None
-
-
-def resolve_sandbox(requested: str, *, network: bool = True, hidden: Iterable[str | os.PathLike[str]] = (),
-                    bwrap: str | None = None) -> Sandbox:
-    """Turn SELFMCP_SANDBOX's value into a `Sandbox`; raises RuntimeError when "bwrap" cannot work."""
-    if requested not in SANDBOX_MODES:
-        raise ValueError(f"Unknown sandbox mode {requested!r}; use one of {', '.join(SANDBOX_MODES)}.")
-    hide = tuple(sorted({os.path.realpath(p) for p in hidden}))
-    if requested == "none":
-        return Sandbox("none", network=network, hidden=hide)
-    path = bwrap or shutil.which("bwrap")
-    problem = "bubblewrap (bwrap) is not installed" if path is None else probe_bwrap(path, network=network)
-    if problem is None:
-        return Sandbox("bwrap", network=network, bwrap=path, hidden=hide)
-    if requested == "bwrap":
-        raise RuntimeError(f"SELFMCP_SANDBOX=bwrap but {problem}.")
-    return Sandbox("none", network=network, hidden=hide, note=problem)
-
-
-def python_roots(python: str) -> list[str]:
-    """Directories an interpreter needs to start: its prefix, and its venv's base prefix."""
-    roots: list[str] = []
-    exe = os.path.abspath(python)
-    venv = os.path.dirname(os.path.dirname(exe))
-    cfg = os.path.join(venv, "pyvenv.cfg")
-    if os.path.isfile(cfg):
-        roots.append(venv)
-        with open(cfg, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition("=")
-                if key.strip() == "home" and value.strip():
-                    roots.append(os.path.dirname(os.path.realpath(value.strip())))
-    roots.append(os.path.dirname(os.path.dirname(os.path.realpath(exe))))
-    if os.path.realpath(exe) == os.path.realpath(sys.executable):
-        roots += [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix]
-    return roots
-
-
-def _is_within(path: str, parent: str) -> bool:
-    return path == parent or path.startswith(parent.rstrip("/") + "/")
-
-
-def bwrap_workdir(workdir: str) -> list[str]:
-    return ["--bind", workdir, workdir, "--proc", "/proc", "--dev", "/dev", "--chdir", workdir,
-            "--remount-ro", "/"]
-
-
-def bwrap_mounts(sandbox: Sandbox, *, python: str, read_only: Sequence[str] = ()) -> list[str]:
-    """The part of the bwrap command that does not depend on the run's working directory."""
-    assert sandbox.bwrap is not None
-    cmd = [sandbox.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-           "--die-with-parent", "--cap-drop", "ALL"]
-    if not sandbox.network:
-        cmd.append("--unshare-net")
-    system = ["/usr", "/etc"]
-    for top in _MERGED_USR_DIRS:
-        if os.path.islink(top):
-            cmd += ["--symlink", os.readlink(top), top]
-        elif os.path.isdir(top):
-            system.append(top)
-    resolv = os.path.realpath("/etc/resolv.conf")
-    if not _is_within(resolv, "/etc") and os.path.exists(resolv):
-        system.append(resolv)  # e.g. systemd-resolved's file under /run
-    for path in system:
-        cmd += ["--ro-bind", path, path]
-    # Hide what must stay invisible where it lies inside something bound above.
-    for path in sandbox.hidden:
-        # (Never a parent of a system directory: hiding /usr would hide the interpreter.)
-        if any(_is_within(path, s) for s in system) and not any(_is_within(s, path) for s in system):
-            cmd += ["--tmpfs", path, "--remount-ro", path]
-    # Each path at its real location and, when a symlink leads there, where the argv names it.
-    binds: dict[str, str] = {}
-    for path in [*python_roots(python), *read_only]:
-        if not path or not os.path.exists(path):
-            continue
-        real = os.path.realpath(path)
-        for dest in {real, os.path.abspath(path)}:
-            if not any(_is_within(dest, s) for s in system):
-                binds[dest] = real
-    # Parents before children, so a nested bind lands on top of its parent's.
-    for dest in sorted(binds, key=len):
-        cmd += ["--ro-bind", binds[dest], dest]
-    return cmd
+# The sandbox's pieces (bubblewrap argv, Landlock, uids, cgroups) live in confine.py.
+make_not_dumpable = confine.make_not_dumpable
+Sandbox, resolve_sandbox, probe_bwrap = confine.Sandbox, confine.resolve_sandbox, confine.probe_bwrap
+python_roots, bwrap_mounts, bwrap_workdir = confine.python_roots, confine.bwrap_mounts, confine.bwrap_workdir
+setpriv_argv, SANDBOX_MODES = confine.setpriv_argv, confine.SANDBOX_MODES
 
 
 # ---------------------------------------------------------------------- process control
@@ -414,7 +340,7 @@ class _Watch:
             self.loop.run_in_executor(None, self.proc.wait)
 
 
-def _rlimits(limits: Limits, timeout_s: float) -> str:
+def _rlimits(limits: Limits, timeout_s: float, *, own_uid: bool) -> str:
     pairs = []
     if limits.memory_mb > 0:
         pairs.append(f"(_r.RLIMIT_AS, {limits.memory_mb << 20})")
@@ -423,6 +349,8 @@ def _rlimits(limits: Limits, timeout_s: float) -> str:
         pairs.append(f"(_r.RLIMIT_CPU, {cpu})")
     if limits.file_size_mb > 0:
         pairs.append(f"(_r.RLIMIT_FSIZE, {limits.file_size_mb << 20})")
+    if own_uid and limits.processes > 0:  # the uid belongs to this run alone: a total process bound
+        pairs.append(f"(_r.RLIMIT_NPROC, {limits.processes})")
     pairs.append("(_r.RLIMIT_CORE, 0)")
     return ", ".join(pairs) + ","
 
@@ -430,7 +358,7 @@ def _rlimits(limits: Limits, timeout_s: float) -> str:
 # ------------------------------------------------------------------------------ runner
 
 class Runner:
-    """Runs skills with the given limits and sandbox, at most `concurrency` at a time."""
+    """Runs skills with the given limits and sandbox, at most `concurrency` at a time (one per slot)."""
 
     def __init__(self, *, limits: Limits | None = None, sandbox: Sandbox | None = None,
                  concurrency: int = 4, tmp_root: str | None = None) -> None:
@@ -439,14 +367,52 @@ class Runner:
         self.limits = limits or Limits()
         self.sandbox = sandbox or Sandbox()
         self.concurrency = concurrency
-        self.tmp_root = tmp_root
+        # Every run's directory lives in a root of its own: Landlock lets runs write only there.
+        self.tmp_root = tempfile.mkdtemp(prefix="selfmcp-runs-", dir=tmp_root)
+        os.chmod(self.tmp_root, 0o711)
+        self._free = list(range(concurrency))
         self._slots = asyncio.Semaphore(concurrency)
+        self.uids = (confine.RunUids.probe(concurrency) if self.sandbox.mode == "bwrap" and self.sandbox.setpriv
+                     else None)
+        self.cgroups = confine.CgroupSlots.create(concurrency, memory_bytes=self.limits.memory_mb << 20,
+                                                  pids=self.limits.processes or 1 << 22)
+        if self.cgroups is not None:
+            atexit.register(self.cgroups.close)
+        atexit.register(_remove_tree, self.tmp_root)
         # Per interpreter (and extra paths): the answers only change when files are replaced.
         self._same_interpreter: dict[str, bool] = {}
         self._mounts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self._rulesets: dict[tuple[str, tuple[str, ...]], int] = {}
+
+    def describe(self) -> dict[str, object]:
+        """Which protections and limits are in force, in words (for the start-up log and selfmcp_about)."""
+        lim = self.limits
+        isolation = {
+            "bwrap": "bubblewrap: own PID namespace, read-only system view, database and server directory hidden, "
+                     "read-only /dev and /proc/sys, /etc/shadow masked, no capabilities",
+            "landlock": "Landlock (no bubblewrap): database and server directory unreadable, writes only in the "
+                        "run's directory, no signals to the server; same PID namespace",
+            "none": "NONE: skills can read everything this server's user can, including the database",
+        }[self.sandbox.mode]
+        uid = (f"each run as its own unprivileged uid ({self.uids.for_slot(0)}-{self.uids.for_slot(self.concurrency - 1)})"
+               if self.uids else ("the server's uid (root, without capabilities)" if os.geteuid() == 0
+                                  else "the server's uid"))
+        if self.cgroups is not None:
+            totals = self.cgroups.describe()
+        elif self.uids is not None:
+            totals = (f"{lim.processes} processes per run (RLIMIT_NPROC of the run's uid); memory only per process "
+                      f"({lim.memory_mb} MiB each): no cgroup here")
+        else:
+            totals = (f"memory only per process ({lim.memory_mb} MiB each) and no total process bound: no cgroup "
+                      "here")
+        disk = (f"working directory a {lim.workdir_mb} MiB tmpfs" if self.sandbox.mode == "bwrap"
+                else f"working directory on disk, files up to {lim.file_size_mb} MiB each, no total bound")
+        return {"isolation": isolation, "uid": uid, "totals": totals, "disk": disk,
+                "server_environ": "unreadable to runs (the server is not dumpable)"}
 
     async def run(self, code: str, params_json: str, *, env: Mapping[str, str], timeout_s: float,
-                  python: str = sys.executable, read_only: Sequence[str] = ()) -> ExecResult:
+                  python: str = sys.executable, read_only: Sequence[str] = (),
+                  files: Mapping[str, bytes] | None = None, script: str = "skill.py") -> ExecResult:
         """Run `code` with `python`; `params_json` arrives as SELFMCP_PARAMS.
 
         Waiting for a free slot counts against `timeout_s`. `read_only` names extra
@@ -462,33 +428,62 @@ class Runner:
         except TimeoutError:
             waited = round((time.perf_counter() - started) * 1000, 1)
             return ExecResult("", "", None, True, waited, queued_ms=waited, sandbox=self.sandbox.mode)
+        slot = self._free.pop()
         try:
             queued_ms = round((time.perf_counter() - started) * 1000, 1)
             result = await self._run(code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
-                                     python=python, read_only=read_only)
+                                     python=python, read_only=read_only, slot=slot, files=files or {},
+                                     script=script)
         finally:
+            self._free.append(slot)
             self._slots.release()
         result.queued_ms = queued_ms
         result.duration_ms = round((time.perf_counter() - started) * 1000, 1)
         return result
 
     async def _run(self, code: str, params_json: str, *, env: Mapping[str, str], deadline: float,
-                   timeout_s: float, python: str, read_only: Sequence[str]) -> ExecResult:
-        workdir = tempfile.mkdtemp(prefix="selfmcp-run-", dir=self.tmp_root)
+                   timeout_s: float, python: str, read_only: Sequence[str], slot: int,
+                   files: Mapping[str, bytes], script: str) -> ExecResult:
+        workdir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
         try:
-            return await self._run_in(workdir, code, params_json, env=env, deadline=deadline,
-                                      timeout_s=timeout_s, python=python, read_only=read_only)
+            if files:
+                # The skill's folder, its code at `script` included, under .in/files: the prelude copies
+                # it into the working directory (in bwrap a fresh tmpfs the server cannot write into).
+                await asyncio.to_thread(write_files, os.path.join(workdir, ".in", "files"),
+                                        {script: code.encode("utf-8"), **files})
+            return await self._run_in(workdir, code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
+                                      python=python, read_only=read_only, slot=slot,
+                                      script=script if files else None)
         finally:
             # Every process of the run is dead: nothing can write there any more. Removing
             # it in a worker thread keeps the directory operations out of the reply's path.
             asyncio.get_running_loop().run_in_executor(None, _remove_tree, workdir)
 
+    def _ruleset(self, python: str, read_only: Sequence[str]) -> int:
+        key = (python, tuple(read_only))
+        fd = self._rulesets.get(key)
+        if fd is None:
+            fd = self._rulesets[key] = confine.landlock_ruleset(
+                hidden=self.sandbox.hidden, read=[*python_roots(python), *read_only], write=[self.tmp_root],
+                network=self.sandbox.network)
+        return fd
+
     async def _run_in(self, workdir: str, code: str, params_json: str, *, env: Mapping[str, str],
-                      deadline: float, timeout_s: float, python: str, read_only: Sequence[str]) -> ExecResult:
-        script = os.path.join(workdir, "skill.py")
-        with open(script, "w", encoding="utf-8") as fh:
+                      deadline: float, timeout_s: float, python: str, read_only: Sequence[str],
+                      slot: int, script: str | None) -> ExecResult:
+        inputs = os.path.join(workdir, ".in")
+        os.makedirs(inputs, 0o755, exist_ok=True)
+        code_file = os.path.join(inputs, "skill.py")
+        with open(code_file, "w", encoding="utf-8") as fh:
             fh.write(code)
-        load = _LOAD_SOURCE
+        # Where the code says it lives (__file__, sys.path[0]): its own file, or its place in the skill's folder.
+        files = ""
+        if script is None:
+            script = code_file
+        else:
+            files = _FILES.format(src=os.path.join(inputs, "files"), dst=workdir)
+            script = os.path.join(workdir, script)
+        load = _LOAD_SOURCE.format(code_path=code_file)
         same = self._same_interpreter.get(python)
         if same is None:
             same = self._same_interpreter[python] = _same_interpreter(python)
@@ -496,27 +491,51 @@ class Runner:
             compiled = (_marshal_code(code, script) if len(code) <= _INLINE_COMPILE_CHARS
                         else await asyncio.to_thread(_marshal_code, code, script))
             if compiled is not None:
-                code_path = os.path.join(workdir, ".skill.code")
+                code_path = os.path.join(inputs, ".skill.code")
                 with open(code_path, "wb") as fh:
                     fh.write(compiled)
                 load = _LOAD_MARSHAL.format(code_path=code_path)
         token = secrets.token_hex(12)
-        child_env = {**env, "SELFMCP_PARAMS": params_json, "PYTHONUNBUFFERED": "1", RUN_ID_VAR: token,
-                     "TMPDIR": workdir, "TMP": workdir, "TEMP": workdir}
-        prelude = _PRELUDE.format(limits=_rlimits(self.limits, timeout_s), script=script, workdir=workdir,
-                                  load=load)
-        argv = [python, "-c", prelude]
-        if self.sandbox.mode == "bwrap":
+        child_env = {**env, "PYTHONUNBUFFERED": "1", RUN_ID_VAR: token, "TMPDIR": workdir, "TMP": workdir,
+                     "TEMP": workdir}
+        params = ""
+        if len(params_json) <= _PARAMS_IN_ENV:
+            child_env["SELFMCP_PARAMS"] = params_json
+        else:
+            params_path = os.path.join(inputs, "params.json")
+            with open(params_path, "w", encoding="utf-8") as fh:
+                fh.write(params_json)
+            params = _PARAMS_FILE.format(path=params_path)
+        mode = self.sandbox.mode
+        uid = self.uids.for_slot(slot) if self.uids is not None else None
+        pass_fds: list[int] = []
+        landlock = ""
+        if mode == "landlock":
+            ruleset = self._ruleset(python, read_only)
+            pass_fds.append(ruleset)
+            landlock = confine.LANDLOCK_PRELUDE.format(fd=ruleset)
+        prelude = _PRELUDE.format(
+            landlock=landlock,
+            limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script,
+            script_dir=workdir if not files else os.path.dirname(script), files=files,
+            load=load, params=params, site=_SITE if mode == "landlock" else "")
+        argv = [python, "-S", "-c", prelude] if mode == "landlock" else [python, "-c", prelude]
+        if mode == "bwrap":
             child_env["HOME"] = workdir  # the real home is not visible (or writable) in the sandbox
             key = (python, tuple(read_only))
             mounts = self._mounts.get(key)
             if mounts is None:
                 mounts = self._mounts[key] = bwrap_mounts(self.sandbox, python=python, read_only=read_only)
-            argv = [*mounts, *bwrap_workdir(workdir), *argv]
+            drop = setpriv_argv(self.sandbox.setpriv, uid) if self.sandbox.setpriv and uid is not None else []
+            argv = [*mounts, *bwrap_workdir(workdir, self.limits.workdir_mb), *drop, *argv]
+        if self.cgroups is not None:
+            dirs = self.cgroups.slots[slot]
+            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(dirs)), *dirs, *argv]
         since = _boot_ticks()
         loop = asyncio.get_running_loop()
         proc = subprocess.Popen(argv, cwd=workdir, env=child_env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                pass_fds=pass_fds)
         watch = _Watch(proc, self.limits.max_output_bytes or sys.maxsize, loop)
         marker = f"{RUN_ID_VAR}={token}".encode()
         timed_out = False
@@ -524,11 +543,11 @@ class Runner:
             done, _ = await asyncio.wait([watch.exited], timeout=max(0.0, deadline - loop.time()))
             timed_out = not done
             # Whatever the skill left behind dies with it.
-            kill_run(proc.pid, marker, since, thorough=timed_out)
+            self._kill(proc.pid, marker, since, slot, uid, thorough=timed_out)
             # Every writer is dead now: the pipes close as soon as their last bytes are read.
             await asyncio.wait([watch.exited, watch.closed], timeout=_DRAIN_AFTER_KILL_S)
         except BaseException:  # cancelled by the client: take the whole run down first
-            kill_run(proc.pid, marker, since, thorough=True)
+            self._kill(proc.pid, marker, since, slot, uid, thorough=True)
             raise
         finally:
             watch.close()
@@ -538,6 +557,15 @@ class Runner:
             stdout_bytes=out.total, stderr_bytes=err.total, stdout_truncated=out.truncated,
             stderr_truncated=err.truncated, sandbox=self.sandbox.mode,
         )
+
+    def _kill(self, session: int, marker: bytes, since: int, slot: int, uid: int | None, *, thorough: bool) -> None:
+        kill_run(session, marker, since, thorough=thorough)
+        if self.cgroups is not None:
+            self.cgroups.kill(slot)
+        elif uid is not None and thorough:
+            for pid in confine.processes_of_uid(uid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _same_interpreter(python: str) -> bool:
@@ -563,3 +591,16 @@ def _remove_tree(path: str) -> None:
 def _log_rmtree_error(function: object, path: str, exc_info: object) -> None:
     log.warning("could not remove %s from a run's working directory", path)
 
+
+
+def write_files(root: str, files: Mapping[str, bytes]) -> None:
+    """Write a skill's files (relative paths, checked by the caller) under `root`, byte for byte."""
+    os.makedirs(root, 0o755, exist_ok=True)
+    real = os.path.realpath(root)
+    for path, data in files.items():
+        target = os.path.realpath(os.path.join(real, path))
+        if not target.startswith(real + os.sep):
+            raise ValueError(f"file path {path!r} leaves the working directory")
+        os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(data)

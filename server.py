@@ -28,8 +28,10 @@ from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import redact
-from selfmcp.errors import error_body
+from selfmcp import cli, redact, serverlock
+from selfmcp.errors import InvalidFiles, error_body
+from selfmcp.extension import SkillsServerMixin
+from selfmcp.folders import FILES_HELP
 from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
@@ -63,10 +65,11 @@ class Settings:
     embed_api_base: str | None = None
     use_litellm: bool = False
     auth_token: str | None = None
-    auth: str = "none"  # oauth | token | none; from_env() picks oauth for a non-loopback bind
+    auth: str = "none"  # oauth | token | none; from_env() picks oauth (token on loopback with a token)
     owner_password: str | None = None
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
     log_level: str = "INFO"
     execution: skills.ExecutionConfig = field(default_factory=skills.ExecutionConfig)
     embedder: Embedder | None = None
@@ -102,7 +105,7 @@ class Settings:
             log_level=level,
             environ=env,
             **_remote_settings(env, transport, host, port),
-            execution=_execution_settings(env),
+            execution=_execution_settings(env, public=transport != "stdio" and not http_security.is_loopback(host)),
         )
 
     @property
@@ -119,9 +122,9 @@ class Settings:
         return http_security.HostAllowList.for_server(self.host, self.base_url, self.allowed_hosts)
 
 
-def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
-    """SELFMCP_ENV_DIR, SELFMCP_EXEC_MEMORY_MB, SELFMCP_EXEC_MAX_OUTPUT, SELFMCP_EXEC_CONCURRENCY,
-    SELFMCP_SANDBOX, SELFMCP_SANDBOX_NETWORK, SELFMCP_SKILL_ENV."""
+def _execution_settings(env: Mapping[str, str], *, public: bool = False) -> skills.ExecutionConfig:
+    """SELFMCP_ENV_DIR, _EXEC_MEMORY_MB, _EXEC_MAX_OUTPUT, _EXEC_CONCURRENCY, _EXEC_MAX_PROCS, _EXEC_DISK_MB,
+    _SANDBOX, _SANDBOX_NETWORK, _SKILL_ENV, _ALLOW_SOURCE_BUILDS; `public`: unconfined runs are refused."""
 
     def number(name: str, default: int, low: int) -> int:
         text = env.get(name, "").strip()
@@ -136,8 +139,11 @@ def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
         return value
 
     sandbox = (env.get("SELFMCP_SANDBOX") or "auto").strip().lower()
-    if sandbox not in ("auto", "bwrap", "none"):
-        raise ConfigError(f"SELFMCP_SANDBOX={sandbox!r} is not one of auto, bwrap, none.")
+    if sandbox not in ("auto", "bwrap", "landlock", "none"):
+        raise ConfigError(f"SELFMCP_SANDBOX={sandbox!r} is not one of auto, bwrap, landlock, none.")
+    builds = (env.get("SELFMCP_ALLOW_SOURCE_BUILDS") or "0").strip().lower()
+    if builds not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ConfigError(f"SELFMCP_ALLOW_SOURCE_BUILDS={builds!r} is not 0 or 1.")
     network = (env.get("SELFMCP_SANDBOX_NETWORK") or "1").strip().lower()
     if network not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
         raise ConfigError(f"SELFMCP_SANDBOX_NETWORK={network!r} is not 0 or 1.")
@@ -152,11 +158,15 @@ def _execution_settings(env: Mapping[str, str]) -> skills.ExecutionConfig:
         sandbox=sandbox,
         sandbox_network=network in ("1", "true", "yes", "on"),
         skill_env=skill_env,
+        max_processes=number("SELFMCP_EXEC_MAX_PROCS", 128, 1),
+        workdir_mb=number("SELFMCP_EXEC_DISK_MB", 256, 1),
+        allow_source_builds=builds in ("1", "true", "yes", "on"),
+        public_bind=public,
     )
 
 
 def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
-    """SELFMCP_AUTH(_TOKEN), SELFMCP_OWNER_PASSWORD, SELFMCP_PUBLIC_URL (or Replit's domain), SELFMCP_ALLOWED_HOSTS."""
+    """SELFMCP_AUTH(_TOKEN), _OWNER_PASSWORD, _PUBLIC_URL (or Replit's domain), _ALLOWED_HOSTS, _TRUSTED_PROXIES."""
     token = env.get("SELFMCP_AUTH_TOKEN") or None
     mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
     if mode and mode not in oauth.AUTH_MODES:
@@ -165,7 +175,7 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
     if transport == "stdio":
         mode = "none"
     elif not mode:
-        mode = ("token" if token else "none") if loopback else "oauth"
+        mode = "token" if token and loopback else "oauth"
     if mode == "token" and not token:
         raise ConfigError("SELFMCP_AUTH=token needs SELFMCP_AUTH_TOKEN: a long random string clients send as "
                           "'Authorization: Bearer <token>'.")
@@ -181,8 +191,12 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
         raise ConfigError(f"OAuth needs an https address, and clients would reach this server at {base}: set "
                           "SELFMCP_PUBLIC_URL=https://... (behind a TLS proxy), or use SELFMCP_AUTH=token.")
     extra = [h.strip() for h in env.get("SELFMCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
+    try:
+        proxies = http_security.parse_trusted_proxies(env.get("SELFMCP_TRUSTED_PROXIES", ""))
+    except ValueError as exc:
+        raise ConfigError(f"SELFMCP_TRUSTED_PROXIES: {exc}.") from None
     return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
-            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains)}
+            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "trusted_proxies": proxies}
 
 
 # ------------------------------------------------------------------------------ errors
@@ -198,7 +212,7 @@ _ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
     "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
     "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
     "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema,
+    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema, "files": InvalidFiles,
 }
 
 
@@ -220,27 +234,30 @@ def failure_payload(exc: BaseException) -> dict[str, Any] | None:
     return None
 
 
-class SelfMCPServer(MCPServer):
-    """MCPServer over one registry, whose tool failures reach the client as the registry's error payload."""
+class SelfMCPServer(SkillsServerMixin, MCPServer):
+    """MCPServer over one registry (also served as Agent Skills); failures as the error payload; redacted."""
 
     def __init__(self, registry: skills.Registry, remote: oauth.RemoteAuth, **kwargs: Any) -> None:
         super().__init__("selfmcp", instructions=INSTRUCTIONS, version="0.1.0", **kwargs, **remote.server_kwargs)
         self.registry = registry
         self.remote_auth = remote
+        self.redactor = redact.Redactor.from_environ(registry.environ)
+        self.install_skills()  # the Skills-over-MCP extension, skill:// resources, knowledge-skill prompts
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
         try:
-            return await super().call_tool(name, arguments, context)
+            return self.redactor.redact_tool_result(await super().call_tool(name, arguments, context))
         except ToolError as exc:
             payload = failure_payload(exc.__cause__) if exc.__cause__ is not None else None
             if payload is None:
                 raise
-            return error_result(payload)
+            return self.redactor.redact_tool_result(error_result(payload))
 
 
 # ------------------------------------------------------------------------------- tools
 
 SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
+Version = Annotated[int | None, Field(ge=1, description="A version number, from skill_get_detail's `versions`.")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -277,19 +294,22 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         auth_config: Annotated[dict[str, Any] | None, Field(description=(
             'Credentials the skill needs: {"type": "api_key", "env_var": "X_API_KEY", "instructions": "..."} '
             'or {"type": "oauth2", "auth_url": ..., "token_url": ..., "scopes": [...], '
-            '"client_id_env": ..., "client_secret_env": ...}.'))] = None,
+            '"client_id_env": "X_CLIENT_ID", "client_secret_env": ...}. client_id_env must end in _CLIENT_ID '
+            '(its value is shown in skill_auth_url); no SELFMCP_* variable may be named.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
     ) -> dict[str, Any]:
         """Store a new skill in the registry so it can be found and run in any later session.
 
         Call this only after skill_search found nothing suitable. Returns {id, name, version, status}
         where status is "created", or "reactivated" when a deleted skill had this name (same id,
-        history kept, version continues). Errors: skill_exists, invalid_name, invalid_description,
-        invalid_body, invalid_code (syntax error, with the line), invalid_dependency, invalid_auth_config,
-        invalid_params_schema.
+        history kept, version continues). A skill with no code to run (no ```python block, no scripts/main.py
+        or `metadata.entrypoint` script in files) is a knowledge skill. Errors: skill_exists, invalid_name,
+        invalid_description, invalid_body, invalid_code (syntax error, with the line), invalid_frontmatter,
+        invalid_files, invalid_dependency, invalid_auth_config, invalid_params_schema.
         """
-        return registry.create(name, description, body, dependencies, auth_config, params_schema)
+        return registry.create(name, description, body, dependencies, auth_config, params_schema, files=files)
 
     @tool(ToolAnnotations(destructive_hint=False, idempotent_hint=False, open_world_hint=False))
     def skill_update(
@@ -300,15 +320,18 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         dependencies: Annotated[list[str] | None, Field(description="New list of pip requirements.")] = None,
         auth_config: Annotated[dict[str, Any] | None, Field(description="New auth_config; {} removes it.")] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description="New params JSON Schema; {} removes it.")] = None,
+        files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
+        restore_version: Version = None, expected_version: Version = None,
     ) -> dict[str, Any]:
         """Change some fields of a skill; the others stay as they are. The version goes up by one.
 
-        The previous content stays in the version history. Returns {id, name, version, updated_fields}.
-        Errors: skill_not_found, nothing_to_update, cannot_rename_core_skill, skill_exists (name taken),
-        and the validation codes of skill_create.
+        Pass expected_version (the version you read): if it changed, nothing is written (version_conflict).
+        restore_version=N alone makes version N's content the new version. Returns {id, name, version, previous_version,
+        updated_fields}. Errors: skill_not_found, version_conflict, version_not_found, skill_exists, invalid_*.
         """
-        return registry.update(skill_id, name=name, description=description, body=body,
-                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema)
+        return registry.update(skill_id, name=name, description=description, body=body, files=files,
+                               dependencies=dependencies, auth_config=auth_config, params_schema=params_schema,
+                               restore_version=restore_version, expected_version=expected_version)
 
     @tool(ToolAnnotations(destructive_hint=True, idempotent_hint=False, open_world_hint=False))
     def skill_delete(skill_id: SkillId) -> dict[str, Any]:
@@ -330,15 +353,14 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     ) -> dict[str, Any]:
         """Run a skill's Python code in an isolated subprocess and return what it printed.
 
-        Read the skill with skill_get_detail first to know its params (and params_schema, checked before
-        the run). The first run of a skill with dependencies installs them, with progress notifications;
-        later runs reuse them. Each run gets a fresh working directory, limits on time, memory and
-        output, and the server's environment; secret values are shown as [REDACTED:NAME]. Returns
-        {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes, stderr_bytes, stdout_truncated,
-        stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero exit_code or
-        timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
-        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout,
-        invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
+        Read the skill with skill_get_detail first to know its params (and params_schema, checked before the run). The
+        first run of a skill with dependencies installs them, with progress notifications; later runs reuse them. Each
+        run gets a fresh working directory, limits on time, memory and output, and the server's environment; secret
+        values are shown as [REDACTED:NAME]. Returns {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes,
+        stderr_bytes, stdout_truncated, stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero
+        exit_code or timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
+        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout, invalid_dependency,
+        dependency_install_failed (with `installer_tail`), not_executable.
         """
         return await registry.execute(skill_id, params, timeout,
                                       progress=ctx.report_progress if ctx is not None else None)
@@ -358,13 +380,17 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         return registry.list_summary(limit, cursor)
 
     @tool(READ_ONLY)
-    def skill_get_detail(skill_id: SkillId) -> dict[str, Any]:
+    def skill_get_detail(skill_id: SkillId, version: Version = None, include_history: bool = False,
+                         diff_from: Version = None) -> dict[str, Any]:
         """Load one skill's full record: body, dependencies, auth_config, params_schema, version, timestamps.
 
-        Call it before skill_execute to learn what params the skill reads, or to reuse its code.
-        Returns the record with `versions` (the version numbers kept in history). Errors: skill_not_found.
+        Call it before skill_execute to learn what params the skill reads, or to reuse its code. Returns the record
+        with `versions`, `agent_name` (its files are skill://<agent_name>/<path> resources), `files` ([{path, size,
+        digest}]), `format` ("python" or "skill_md") and for a SKILL.md `code`: exactly the Python that runs.
+        version=N: that version's content (historical=true); include_history adds `history`; diff_from=A adds `diff`
+        (unified diff from version A). Errors: skill_not_found, version_not_found.
         """
-        return registry.get_detail(skill_id)
+        return registry.get_detail(skill_id, version=version, include_history=include_history, diff_from=diff_from)
 
     @tool(READ_ONLY)
     def skill_search(
@@ -389,7 +415,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
 
         Call it after skill_execute returned missing_credentials, and show the instructions (and
         auth_url, for OAuth2) to the user. Returns {type, env_vars, missing, ready, instructions,
-        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config.
+        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config, invalid_auth_config.
         """
         return registry.auth_url(skill_id)
 
@@ -414,32 +440,19 @@ def announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
                      owner_password=settings.owner_password, public_url=settings.public_url)
 
 
-def ensure_owner_password(settings: Settings, remote: oauth.RemoteAuth) -> None:
-    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
-    if remote.mode != "oauth" or settings.owner_password or remote.provider is None:
-        return
-    password = oauth.ensure_owner_password(remote.provider.db)
-    if password is None:
-        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
-        return
-    serving.print_owner_password(password, remote, reachable=bool(settings.public_url or settings.is_loopback))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args:  # a `selfmcp` command (selfmcp/cli), with what only this entry builds: settings, registry, serving
+        return cli.main(args, cli.Backend(Settings.from_env, ConfigError, create_server, main))
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args == ["--reset-owner-password"]:
-        password = oauth.reset_owner_password(settings.db_path)
-        print(f"New owner password for {settings.db_path}: {password}\n"
-              "Every OAuth client is signed out and must sign in again with it.")
-        return 0
     # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
     # must not write into the protocol stream.
     protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None
+    serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
@@ -458,14 +471,17 @@ def main(argv: list[str] | None = None) -> int:
         anyio.run(serving.serve_stdio, mcp, protocol_fds)
         return 0
     announce_auth(settings, mcp.remote_auth)
-    ensure_owner_password(settings, mcp.remote_auth)
+    serving.ensure_owner_password(mcp.remote_auth, settings.owner_password,
+                                  reachable=bool(settings.public_url or settings.is_loopback))
     import uvicorn
 
     log.info("serving on http://%s:%d%s", settings.host, settings.port,
              "/sse" if settings.transport == "sse" else "/mcp")
-    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list())
+    app = serving.http_app(mcp, transport=settings.transport, host=settings.host, hosts=settings.host_allow_list(),
+                           remote=mcp.remote_auth, proxies=settings.trusted_proxies)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_graceful_shutdown=2)
+                timeout_graceful_shutdown=2, proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=list(settings.trusted_proxies) or None)
     return 0
 
 

@@ -24,15 +24,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, history, schemas, skillmd
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
                             InvalidParamsSchema, InvalidQuery, InvalidTimeout, InvalidTopK, MissingCredentials,
-                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound)
+                            NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
+                            VersionConflict as VersionConflict, VersionNotFound as VersionNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
-                             ExecutionConfig, ExecutionConfigError,
-                             PreparedRun, Progress, Runtime, run_stats)
+                             ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
 from selfmcp.search import SEARCH_MODES, Search, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
 
@@ -41,11 +41,11 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
            "InvalidCursor", "InvalidDependency", "InvalidDescription", "InvalidLimit", "InvalidMode", "InvalidName",
            "InvalidParams", "InvalidParamsSchema", "InvalidQuery", "InvalidTimeout", "InvalidTopK",
            "MissingCredentials", "NoAuthConfig", "NotExecutable", "NothingToUpdate", "Registry", "SkillError",
-           "SkillExists", "SkillNotFound"]
+           "SkillExists", "SkillNotFound", "VersionConflict", "VersionNotFound"]
 
 log = logging.getLogger("selfmcp.skills")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: `$` would let "weather\n" through
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -61,7 +61,7 @@ SUMMARY_MAX_LIMIT = 1000
 # -------------------------------------------------------------------------- validation
 
 def validate_name(name: Any) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name := skillmd.nfc(name)):
         raise InvalidName(f"Invalid skill name {name!r}.")
     return name
 
@@ -180,7 +180,8 @@ class Registry:
     @staticmethod
     def _active_row(tx: Statements, skill_id: Any) -> Any:
         if isinstance(skill_id, bool) or not isinstance(skill_id, int):
-            raise SkillNotFound(f"Invalid skill id {skill_id!r}; ids are integers.")
+            raise InvalidArgument(f"Invalid skill id {skill_id!r}; ids are integers.",
+                                  hint="Pass the numeric id from skill_list_summary or skill_search.")
         row = tx.skill(skill_id)
         if row is None or not row["is_active"]:
             raise SkillNotFound(f"No active skill with id {skill_id}.")
@@ -188,11 +189,12 @@ class Registry:
 
     # -- writes
 
-    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None,
-               auth_config: Any = None, params_schema: Any = None, *, is_core: bool = False) -> dict[str, Any]:
+    def create(self, name: Any, description: Any, body: Any, dependencies: Any = None, auth_config: Any = None,
+               params_schema: Any = None, *, files: Any = None, is_core: bool = False) -> dict[str, Any]:
         name = validate_name(name)
         description = validate_description(description)
         parsed = validate_body(body)
+        file_map = folders.validate_folder(files, body)
         values = (description, body, json.dumps(validate_dependencies(dependencies)),
                   _json_or_none(validate_auth_config(auth_config)), _json_or_none(validate_params_schema(params_schema)))
         entry = self.search_index.prepare(name, description, parsed.frontmatter)
@@ -200,21 +202,23 @@ class Registry:
         with self.store.write() as tx:
             row = tx.skill_by_name(name)
             if row is not None and row["is_active"]:
-                raise SkillExists(f"An active skill named {name!r} already exists (id {row['id']}).",
-                                  skill_id=row["id"])
+                raise SkillExists(f"An active skill named {row['name']!r} already exists (id {row['id']}); "
+                                  "names are unique without regard to case.", skill_id=row["id"])
             if row is not None:
                 skill_id, version, status = row["id"], row["version"] + 1, "reactivated"
-                tx.reactivate_skill(skill_id, values, version=version, is_core=is_core, now=now)
+                tx.reactivate_skill(skill_id, name, values, version=version, is_core=is_core, now=now)
             else:
                 version, status = 1, "created"
                 skill_id = tx.insert_skill(name, values, is_core=is_core, now=now)
-            tx.archive_version(skill_id, now=now)
+            folders.write_files(tx, name, skill_id, file_map)
+            tx.record_version(skill_id, now=now, change=status)
             self.search_index.write(tx, skill_id, name, description, entry, now=now)
         self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
         return {"id": skill_id, "name": name, "version": version, "status": status}
 
-    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None,
-               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None) -> dict[str, Any]:
+    def update(self, skill_id: Any, *, name: Any = None, description: Any = None, body: Any = None, files: Any = None,
+               dependencies: Any = None, auth_config: Any = None, params_schema: Any = None,
+               restore_version: Any = None, expected_version: Any = None) -> dict[str, Any]:
         patch: dict[str, Any] = {}
         parsed = None
         if name is not None:
@@ -230,13 +234,16 @@ class Registry:
             patch["auth_config_json"] = _json_or_none(validate_auth_config(auth_config))
         if params_schema is not None:
             patch["params_schema_json"] = _json_or_none(validate_params_schema(params_schema))
-        if not patch:
+        expected_version = history.check_update(bool(patch) or files is not None, restore_version, expected_version)
+        if not patch and files is None and restore_version is None:
             raise NothingToUpdate("No field to update was given.")
 
         with self.store.read() as tx:
             current = self._active_row(tx, skill_id)
+            patch, parsed = history.prepare_update(tx, current, patch, parsed, restore_version, expected_version)
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
+        new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
         new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
         frontmatter = (parsed or skillmd.parse_body(current["body"])).frontmatter
         entry = self.search_index.prepare(new_name, new_description, frontmatter, embed=False)
@@ -246,16 +253,19 @@ class Registry:
         now = now_text()
         with self.store.write() as tx:
             row = self._active_row(tx, skill_id)
+            history.check_expected(row, expected_version)
             if "name" in patch and patch["name"] != row["name"]:
                 clash = tx.other_skill_named(patch["name"], skill_id)
                 if clash is not None:
-                    raise SkillExists(f"Another skill (id {clash['id']}) is named {patch['name']!r}.",
-                                      hint="Choose another name; deleted skills keep their names for reactivation.",
+                    raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}.",
+                                      hint="Choose another name (case does not count); deleted skills keep theirs.",
                                       skill_id=clash["id"])
-            tx.archive_version(skill_id, now=now)
+            changed = history.changed_fields(row, patch, restored=restore_version is not None)
+            tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
             tx.patch_skill(skill_id, patch, now=now)
+            folders.write_files(tx, patch.get("name"), skill_id, new_files)
             new = tx.skill(skill_id)
-            tx.archive_version(skill_id, now=now)
+            tx.record_version(skill_id, now=now, restored_from=restore_version)
             if (new["name"], new["description"], new["body"]) != (new_name, new_description,
                                                                    patch.get("body", current["body"])):
                 # A concurrent update changed the text between our read and this transaction.
@@ -267,8 +277,8 @@ class Registry:
             self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
         if entry.vector is not None or stale:
             self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
-        return {"id": skill_id, "name": new["name"], "version": new["version"],
-                "updated_fields": sorted(k.removesuffix("_json") for k in patch)}
+        return {"id": skill_id, "name": new["name"], "version": new["version"], "previous_version": row["version"],
+                "updated_fields": changed, **({"restored_from": restore_version} if restore_version else {})}
 
     def delete(self, skill_id: Any) -> dict[str, Any]:
         now = now_text()
@@ -296,22 +306,16 @@ class Registry:
 
     # -- reads
 
-    def get_detail(self, skill_id: Any) -> dict[str, Any]:
+    def get_detail(self, skill_id: Any, *, version: Any = None, include_history: bool = False,
+                   diff_from: Any = None) -> dict[str, Any]:
+        """The current record, or `version`'s (historical); `include_history`/`diff_from` add history/a diff."""
         if self._runtime is not None:
             self._runtime.flush_history()
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
-            versions = tx.version_numbers(skill_id)
-            runs = run_stats(tx, skill_id)
-        return {
-            "id": row["id"], "name": row["name"], "description": row["description"], "body": row["body"],
-            "dependencies": _loads(row["dependencies_json"], []),
-            "auth_config": _loads(row["auth_config_json"], None),
-            "params_schema": _loads(row["params_schema_json"], None),
-            "version": row["version"], "is_core": bool(row["is_core"]),
-            "created_at": row["created_at"], "updated_at": row["updated_at"],
-            "versions": versions, "runs": runs,
-        }
+            out = history.detail(tx, row, run_stats(tx, row["id"]), version=version, include_history=include_history,
+                                 diff_from=diff_from)
+        return out if version is not None else {**out, **folders.detail(row)}
 
     def count_active(self) -> int:
         with self.store.read() as tx:
@@ -357,6 +361,7 @@ class Registry:
         auth = _loads(row["auth_config_json"], None)
         if not auth:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
+        validate_auth_config(auth)  # again: a row stored before a rule existed may name a forbidden variable
         return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(auth, self.environ)}
 
     # -- execution
@@ -399,12 +404,10 @@ class Registry:
             raise MissingCredentials(f"Skill {row['name']!r} needs {', '.join(missing)}, which "
                                      f"{'is' if len(missing) == 1 else 'are'} not set on the server.",
                                      hint=hint, missing=missing)
-        code = skillmd.parse_body(row["body"]).code
-        if code is None:
-            raise NotExecutable(f"Skill {row['name']!r} is a SKILL.md with no ```python block to run.")
-        return PreparedRun(row["id"], row["name"], row["version"], code, params_json, timeout_s,
+        run, files = folders.SkillFolders(self.store).runnable(row)
+        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json, timeout_s,
                            tuple(_loads(row["dependencies_json"], [])),
-                           tuple(credentials.required_env_vars(auth)))
+                           tuple(credentials.required_env_vars(auth)), files=files, script=run.script)
 
     async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
                       progress: Progress | None = None) -> dict[str, Any]:

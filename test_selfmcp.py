@@ -33,6 +33,7 @@ from conftest import (
     FakeEmbedder,
     assert_error,
     clean_env,
+    http_client,
     http_server,
     payload,
     stdio_params,
@@ -157,7 +158,8 @@ async def test_about_prints_one_section_and_lists_sections_for_an_unknown_one(re
     assert "replit_setup" in json.loads(bad["stdout"])["available_sections"]
     everything = json.loads((await reg.execute(about, {}, 10))["stdout"])["sections"]
     assert set(everything) == {"source_code", "interface", "transport", "persistence", "versioning",
-                               "execution", "auth", "bootstrap_tools", "search", "replit_setup"}
+                               "execution", "sandbox", "in_force", "auth", "bootstrap_tools", "search",
+                               "replit_setup"}
 
 
 @pytest.mark.anyio
@@ -574,11 +576,12 @@ async def test_walk_through_and_bad_inputs_over_stdio(tmp_path, mode):
 @pytest.mark.anyio
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_walk_through_over_streamable_http(tmp_path, mode):
-    with http_server(tmp_path) as base:
+    token = "walk-through-token-0123456789"
+    with http_server(tmp_path, token=token) as base:
         with urllib.request.urlopen(base + "/health") as resp:
             health = json.loads(resp.read())
         assert health["status"] == "ok" and health["skills"] == 2
-        async with Client(base + "/mcp", mode=mode) as client:
+        async with http_client(base, token, mode=mode) as client:
             await walk_through(client)
 
 

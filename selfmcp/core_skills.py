@@ -13,11 +13,17 @@ from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (
-        "selfMCP is a Python project: server.py (MCP wiring and settings), skills.py (registry logic), db.py "
-        "(SQLite schema and migrations), embeddings.py and static_embedder.py (embedders, vector index), "
-        "executor.py (subprocess runner and sandbox), depenv.py (dependency environments), redact.py, "
-        "oauth.py/consent.py/http_security.py (remote sign-in and transport safety), skillmd.py, "
-        "credentials.py, core_skills.py. `python3 server.py` starts it."
+        "selfMCP is a Python project. Entry modules: server.py (settings, the eight MCP tools, the one "
+        "conversion of failures into the error payload, start-up), skills.py (the registry's use cases and "
+        "validation), db.py (SQLite schema as named migrations, the one connection policy), embeddings.py "
+        "(embedders) and executor.py (subprocess runner and sandbox). Below skills.py the selfmcp/ package has "
+        "one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, scoring, "
+        "re-embedding), runtime.py (runs and their history), errors.py (the error shape and codes), depenv.py "
+        "(dependency environments), history.py (version summaries and diffs), redact.py, credentials.py, "
+        "schemas.py, skillmd.py, core_skills.py, serverlock.py, cli/ (the `selfmcp` command line), "
+        "embedders/, and remote/ (OAuth server, consent page, HTTP guard, transports). Imports flow one way: "
+        "server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it; "
+        "`python3 server.py COMMAND` (or `selfmcp COMMAND`) runs the command line."
     ),
     "interface": (
         "MCP only: there is no web UI besides the OAuth consent page. Clients (Claude Desktop, Claude.ai, "
@@ -39,21 +45,36 @@ ABOUT_SECTIONS: dict[str, str] = {
         "Every skill has a version number starting at 1. skill_update patches the given fields and bumps the "
         "version; every version's content is kept in skill_versions. skill_delete is a soft delete "
         "(is_active=0, history kept). skill_create with the name of a deleted skill reactivates it: same id, "
-        "history kept, version continues."
+        "history kept, version continues. History is never rewritten: skill_get_detail(version=N) returns an old "
+        "version (historical=true), include_history=true lists every version (time, change, changed fields, "
+        "size) and diff_from=A adds unified diffs from version A; skill_update(restore_version=N) makes version "
+        "N's content a new version, and skill_update(expected_version=N) writes only if the skill is still at "
+        "version N (else version_conflict with current_version: re-read and retry)."
     ),
     "execution": (
         "skill_execute runs the skill's Python (a plain script, or the ```python blocks of a SKILL.md) as a "
         "subprocess in a fresh temporary directory and its own process group, with limits on wall-clock time "
         "(timeout 1-600 s, default 30), CPU time, memory (SELFMCP_EXEC_MEMORY_MB), file size and captured output "
         "(SELFMCP_EXEC_MAX_OUTPUT per stream). A timeout, or cancelling the call, kills every process the run "
-        "started; other calls keep being answered meanwhile. With bubblewrap (SELFMCP_SANDBOX=auto|bwrap) the "
-        "run also has its own PID namespace, a read-only file system except its working directory, no view of "
-        "the database, and no network if SELFMCP_SANDBOX_NETWORK=0. Parameters arrive as JSON in "
-        "SELFMCP_PARAMS and are checked against the skill's params_schema when it has one. Dependencies are "
-        "installed once into a cached environment per requirement set. The run inherits the server's "
-        "environment (SELFMCP_SKILL_ENV=declared passes only a baseline plus the auth_config variables); "
-        "credential values are shown as [REDACTED:NAME] in results. The result is {stdout, stderr, exit_code, "
-        "timed_out, ...}; every run is recorded and skill_get_detail shows run statistics."
+        "started; other calls keep being answered meanwhile. Parameters arrive as JSON in SELFMCP_PARAMS (up to "
+        "1 MiB) and are checked against the skill's params_schema when it has one. The run inherits the server's "
+        "environment except its own credentials (SELFMCP_SKILL_ENV=declared passes only a baseline plus the "
+        "auth_config variables); credential values are shown as [REDACTED:NAME] in results. The result is "
+        "{stdout, stderr, exit_code, timed_out, ...}; every run is recorded and skill_get_detail shows run "
+        "statistics. See the sandbox section for how runs are confined on this server."
+    ),
+    "sandbox": (
+        "SELFMCP_SANDBOX=auto (default) uses bubblewrap when it works: own PID namespace, a read-only view of "
+        "the system, the database and server directories hidden, read-only /dev and /proc/sys, /etc/shadow "
+        "masked, no capabilities, no network if SELFMCP_SANDBOX_NETWORK=0, and the working directory a tmpfs of "
+        "SELFMCP_EXEC_DISK_MB. A server running as root runs each run as its own unprivileged uid. Without "
+        "bubblewrap, Landlock keeps the database and server files unreadable and writes inside the run's "
+        "directory. Where the system allows, a cgroup bounds each run's TOTAL memory and process count "
+        "(SELFMCP_EXEC_MAX_PROCS); elsewhere memory is bounded per process only. The server is not dumpable, so "
+        "no run reads its environment. Dependency installs run in the same sandbox with no secrets in their "
+        "environment, wheels only unless SELFMCP_ALLOW_SOURCE_BUILDS=1. With no confinement at all, a server "
+        "bound beyond loopback refuses to run skills (sandbox_unavailable) unless SELFMCP_SANDBOX=none. The "
+        "in_force section says what holds on this server."
     ),
     "auth": (
         "A skill may declare auth_config: {type: api_key, env_var, instructions} or {type: oauth2, auth_url, "
@@ -61,9 +82,11 @@ ABOUT_SECTIONS: dict[str, str] = {
         "variables are set and otherwise returns error missing_credentials with the missing names; "
         "skill_auth_url then gives setup instructions or a prefilled OAuth2 authorization URL (and on Replit "
         "a link to the Secrets panel). Use the selfmcp_env_keys skill to see which credential variables exist "
-        "(names only, never values). The server itself is protected over HTTP by SELFMCP_AUTH: oauth (the "
-        "default on a public address: a built-in OAuth 2.1 server; the owner approves clients with the owner "
-        "password), token (SELFMCP_AUTH_TOKEN as a bearer token) or none."
+        "(names only, never values). An auth_config may not name a SELFMCP_* variable, and "
+        "client_id_env must name an OAuth client id (..._CLIENT_ID): its value is shown in the URL. The server "
+        "itself is protected over HTTP on every address by SELFMCP_AUTH: oauth (the default: a built-in OAuth "
+        "2.1 server; the owner approves clients with the owner password), token (SELFMCP_AUTH_TOKEN as a bearer "
+        "token, the default on loopback when it is set) or none (only when set)."
     ),
     "bootstrap_tools": (
         "skill_list_summary (paged table of contents), skill_search (find by meaning or keywords), "
@@ -99,6 +122,9 @@ _ABOUT_BODY = textwrap.dedent('''\
     import sys
 
     SECTIONS = json.loads(__SECTIONS__)
+    # What the server says is in force for this run (set by the server on every run).
+    SECTIONS["in_force"] = "; ".join(f"{k}: {v}" for k, v in sorted(
+        json.loads(os.environ.get("SELFMCP_SANDBOX_INFO") or "{}").items())) or "not reported"
     params = json.loads(os.environ.get("SELFMCP_PARAMS") or "{}")
     section = params.get("section")
     if section is None:
@@ -142,8 +168,8 @@ CORE_SKILLS: list[dict[str, str]] = [
         "description": (
             "Explain this selfMCP server itself: transports, persistence, versioning, execution model, auth, "
             "the eight bootstrap tools, search modes and Replit setup. Optional param 'section' "
-            "(source_code, interface, transport, persistence, versioning, execution, auth, "
-            "bootstrap_tools, search, replit_setup)."
+            "(source_code, interface, transport, persistence, versioning, execution, sandbox, in_force, "
+            "auth, bootstrap_tools, search, replit_setup)."
         ),
         "body": _ABOUT_BODY.replace("__SECTIONS__", _literal(ABOUT_SECTIONS)),
     },

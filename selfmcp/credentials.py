@@ -1,7 +1,12 @@
 """Credentials: which environment variables hold them, and what a skill's auth_config needs.
 
 The names are one list, used by the `selfmcp_env_keys` core skill (which reports names only) and by
-output redaction (which hides the values).
+output redaction (which hides the values). Three kinds of names matter to the trust boundary:
+
+- server-only (`SELFMCP_*`): the server's own settings and secrets; no auth_config may name one;
+- secret (`is_secret_name`): credential-shaped names whose values are redacted everywhere;
+- public (`*_CLIENT_ID`): an OAuth client id, the one value a tool shows (in skill_auth_url's URL),
+  so `client_id_env` must name such a variable and nothing else.
 """
 
 from __future__ import annotations
@@ -39,17 +44,52 @@ KNOWN_SERVICES: dict[str, str] = {
     "DATABASE_URL": "Database connection string",
 }
 
-# Names that look like credentials. A name matching none of these is not treated as secret.
+# Names that look like credentials. A name matching none of these is not treated as secret
+# (a URL with a password in it is, whatever its name: see redact.Redactor.from_environ).
 CREDENTIAL_NAME_PATTERNS: tuple[str, ...] = (
-    r".*_API_KEY", r".*_TOKEN", r".*_SECRET", r".*_KEY", r".*_PASSWORD", r".*_CREDENTIALS",
-    r".*_SECRET_.*", r".*_AUTH_.*", r"DATABASE_URL", r".*_PAT",
+    r".*_API_KEY", r".*_TOKEN", r".*_SECRET", r".*_KEY", r".*PASSWORD", r".*_CREDENTIALS",
+    r".*_SECRET_.*", r".*_AUTH_.*", r"DATABASE_URL", r".*_DATABASE_URL", r".*_PAT",
+    r".*PASSWD", r".*_PASS", r".*_PWD", r"MYSQL_PWD", r".*_DSN", r".*_CONNECTION_STRING", r".*_COOKIE",
 )
-_CREDENTIAL_NAME_RE = re.compile("^(?:" + "|".join(CREDENTIAL_NAME_PATTERNS) + ")$", re.IGNORECASE)
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+_CREDENTIAL_NAME_RE = re.compile("(?:" + "|".join(CREDENTIAL_NAME_PATTERNS) + ")", re.IGNORECASE)
+# An OAuth client id is public (it travels in every authorization URL); its secret is not.
+PUBLIC_NAME_PATTERNS: tuple[str, ...] = (r"CLIENT_ID", r".*_CLIENT_ID")
+_PUBLIC_NAME_RE = re.compile("(?:" + "|".join(PUBLIC_NAME_PATTERNS) + ")", re.IGNORECASE)
+# The server's own variables (its token, owner password, settings): never a skill's business.
+SERVER_ONLY_PREFIXES: tuple[str, ...] = ("SELFMCP_",)
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+ENV_NAME_KEYS = ("env_var", "client_id_env", "client_secret_env", "token_env")
 
 
 def is_credential_name(name: str) -> bool:
-    return name in KNOWN_SERVICES or bool(_CREDENTIAL_NAME_RE.match(name))
+    """Whether `name` looks like a credential (what selfmcp_env_keys lists; public client ids included)."""
+    return name in KNOWN_SERVICES or bool(_CREDENTIAL_NAME_RE.fullmatch(name))
+
+
+def is_public_name(name: str) -> bool:
+    """Whether `name` holds a value that may be shown: an OAuth client id."""
+    return bool(_PUBLIC_NAME_RE.fullmatch(name))
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether the value of `name` is redacted from everything the server returns and logs."""
+    return is_credential_name(name) and not is_public_name(name)
+
+
+def is_server_only(name: str) -> bool:
+    return name.upper().startswith(SERVER_ONLY_PREFIXES)
+
+
+def _env_name_problem(key: str, value: Any) -> str | None:
+    """What is wrong with the variable an auth_config field names; None when a skill may name it."""
+    if not isinstance(value, str) or not ENV_NAME_RE.fullmatch(value):
+        return f"auth_config {key} must be an environment variable name; got {value!r}."
+    if is_server_only(value):
+        return f"auth_config {key} names {value!r}, one of the server's own variables, which no skill may use."
+    if key == "client_id_env" and not is_public_name(value):
+        return (f"auth_config client_id_env names {value!r}, but skill_auth_url shows its value in a URL, so it "
+                "must name an OAuth client id variable (ending in _CLIENT_ID).")
+    return None
 
 
 def auth_config_problem(auth_config: Any) -> str | None:
@@ -58,23 +98,29 @@ def auth_config_problem(auth_config: Any) -> str | None:
         return "auth_config must be an object."
     kind = auth_config.get("type")
     if kind == "api_key":
-        env_var = auth_config.get("env_var")
-        if not isinstance(env_var, str) or not ENV_NAME_RE.match(env_var):
-            return f"api_key auth_config needs env_var, an environment variable name; got {env_var!r}."
+        problem = _env_name_problem("env_var", auth_config.get("env_var"))
+        if problem:
+            return problem
     elif kind == "oauth2":
         auth_url = auth_config.get("auth_url")
         if not isinstance(auth_url, str) or urllib.parse.urlsplit(auth_url).scheme not in ("http", "https"):
             return f"oauth2 auth_config needs auth_url, an http(s) URL; got {auth_url!r}."
         for key in ("client_id_env", "client_secret_env", "token_env"):
             value = auth_config.get(key)
-            if (value is not None or key == "client_id_env") and (
-                    not isinstance(value, str) or not ENV_NAME_RE.match(value)):
-                return f"oauth2 auth_config {key} must be an environment variable name; got {value!r}."
+            problem = _env_name_problem(key, value) if value is not None or key == "client_id_env" else None
+            if problem:
+                return problem
         scopes = auth_config.get("scopes", [])
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
             return "oauth2 auth_config scopes must be a list of strings."
     else:
         return f"Unknown auth_config type {kind!r}; use 'api_key' or 'oauth2'."
+    # Every field that names a variable (an `*_env` key), used by this type or not, follows the same rule.
+    for key, value in auth_config.items():
+        if isinstance(key, str) and (key.endswith("_env") or key == "env_var") and value is not None:
+            problem = _env_name_problem(key, value)
+            if problem:
+                return problem
     return None
 
 

@@ -13,16 +13,23 @@ written last marks it ready, so later calls only check that file and run no inst
 Concurrent first calls build once: a lock per key in this process, and a lock file
 between processes. A failed (or cancelled) build removes what it made.
 
-Index settings come from the installers' usual variables, passed through from the
-server's environment: UV_INDEX_URL / PIP_INDEX_URL, UV_EXTRA_INDEX_URL /
-PIP_EXTRA_INDEX_URL, UV_FIND_LINKS / PIP_FIND_LINKS, PIP_NO_INDEX. A setting given
-only in the other installer's spelling is translated.
+Installs are as contained as runs. The installer gets a minimal environment: no secret and
+no SELFMCP_* variable, only PATH, locale and certificate settings and the index settings
+(UV_INDEX_URL / PIP_INDEX_URL, UV_EXTRA_INDEX_URL / PIP_EXTRA_INDEX_URL, UV_FIND_LINKS /
+PIP_FIND_LINKS, PIP_NO_INDEX / UV_NO_INDEX; a setting given only in the other installer's
+spelling is translated), with HOME, cache and TMPDIR inside the environments directory. It
+runs in the same sandbox as skills (bubblewrap with the database and server directories
+hidden, or Landlock), with write access only to the environments directory (created 0700).
+Only wheels are installed (`uv --no-build`, `pip --only-binary :all:`) unless the owner sets
+SELFMCP_ALLOW_SOURCE_BUILDS=1: a source build runs the package's own code. Every line of the
+installer's output is redacted before it becomes a progress message or an error's tail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -40,6 +47,9 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement as _PackagingInvalid
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+
+import confine
+import executor
 
 log = logging.getLogger("selfmcp.depenv")
 
@@ -137,9 +147,17 @@ def base_python() -> str:
     return getattr(sys, "_base_executable", None) or sys.executable
 
 
+# The only variables an installer gets from the server's environment.
+INSTALLER_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE",
+                 "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+                 "UV_INDEX_URL", "UV_EXTRA_INDEX_URL", "UV_FIND_LINKS", "UV_NO_INDEX",
+                 "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX",
+                 "UV_NO_CONFIG", "UV_PYTHON_DOWNLOADS", "PIP_CONFIG_FILE")
+
+
 def installer_environ(environ: Mapping[str, str], installer: str) -> dict[str, str]:
-    """`environ` with index settings also spelled the way `installer` ("uv" or "pip") reads them."""
-    env = dict(environ)
+    """The installer's variables of `environ`, index settings also spelled the way `installer` reads them."""
+    env = {k: environ[k] for k in INSTALLER_ENV if k in environ}
     pairs = [("UV_INDEX_URL", "PIP_INDEX_URL"), ("UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"),
              ("UV_FIND_LINKS", "PIP_FIND_LINKS")]
     for uv_name, pip_name in pairs:
@@ -163,8 +181,12 @@ class EnvCache:
 
     def __init__(self, root: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None,
                  uv: str | None | bool = True, python: str | None = None,
-                 install_timeout_s: float = INSTALL_TIMEOUT_S) -> None:
+                 install_timeout_s: float = INSTALL_TIMEOUT_S, sandbox: executor.Sandbox | None = None,
+                 allow_source_builds: bool = False, redact: Callable[[str], str] = str) -> None:
         self.root = Path(root)
+        self.sandbox = sandbox or executor.Sandbox()
+        self.allow_source_builds = allow_source_builds
+        self.redact = redact
         self.environ = os.environ if environ is None else environ
         self.uv = find_uv() if uv is True else (uv or None)
         self.python = python or base_python()
@@ -203,7 +225,7 @@ class EnvCache:
             found = self.ready(requirements)
             if found is not None:
                 return found
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             with open(self.root / f".{key}.lock", "a+b") as lock_file:
                 await _flock(lock_file.fileno())
                 try:
@@ -221,6 +243,10 @@ class EnvCache:
         if path.exists():  # a build that died half-way (server killed)
             shutil.rmtree(path)
         env = installer_environ(self.environ, self.installer)
+        for name, sub in (("HOME", ".home"), ("TMPDIR", ".tmp"), ("UV_CACHE_DIR", ".cache/uv"),
+                          ("PIP_CACHE_DIR", ".cache/pip"), ("XDG_CACHE_HOME", ".cache")):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+            env[name] = str(self.root / sub)
         try:
             await report(0, f"Creating a Python environment for {', '.join(requirements)} with {self.installer}")
             if self.uv:
@@ -228,10 +254,14 @@ class EnvCache:
                 install = [self.uv, "pip", "install", "--python", str(self._python_in(path)), "--compile-bytecode"]
                 if _truthy(env.get("PIP_NO_INDEX")) or _truthy(env.get("UV_NO_INDEX")):
                     install.append("--no-index")
+                if not self.allow_source_builds:
+                    install.append("--no-build")
             else:
                 create = [self.python, "-m", "venv", str(path)]
                 install = [str(self._python_in(path)), "-m", "pip", "install", "--disable-pip-version-check",
                            "--no-input", "--progress-bar", "off"]
+                if not self.allow_source_builds:
+                    install += ["--only-binary", ":all:"]
             deadline = time.monotonic() + self.install_timeout_s
             await self._run_installer(create, env, deadline, report)
             await report(1, f"Installing {len(requirements)} requirement(s)")
@@ -250,17 +280,22 @@ class EnvCache:
     async def _run_installer(self, argv: list[str], env: Mapping[str, str], deadline: float,
                              report: _Reporter) -> None:
         tail: deque[str] = deque(maxlen=TAIL_LINES)
+        command, pass_fds = self._confined(argv, env)
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, cwd=str(self.root), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True)
+                *command, env=env, cwd=str(self.root), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+                pass_fds=pass_fds)
         except OSError as exc:
             raise InstallFailed(f"The installer could not be started: {exc}.", [str(exc)]) from None
+        finally:
+            for fd in pass_fds:
+                os.close(fd)
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 assert proc.stdout is not None
                 while line := await proc.stdout.readline():
-                    text = line.decode("utf-8", "replace").rstrip()
+                    text = self.redact(line.decode("utf-8", "replace").rstrip())
                     if text:
                         tail.append(text)
                         await report.line(text)
@@ -274,6 +309,34 @@ class EnvCache:
         if proc.returncode != 0:
             name = Path(argv[0]).name
             raise InstallFailed(f"{name} {argv[1]} exited with status {proc.returncode}.", list(tail))
+
+
+    def _confined(self, argv: list[str], env: Mapping[str, str]) -> tuple[list[str], list[int]]:
+        """`argv` inside the runs' sandbox, writing only under the root; the fds the child must inherit."""
+        reads = [os.path.dirname(os.path.realpath(argv[0])), *_local_links(env)]
+        mode = self.sandbox.mode
+        if mode == "bwrap":
+            sandbox = dataclasses.replace(self.sandbox, network=True, setpriv=None)
+            root = str(self.root.resolve())
+            mounts = executor.bwrap_mounts(sandbox, python=self.python, read_only=reads)
+            return [*mounts, "--bind", root, root, "--chdir", root, "--remount-ro", "/", *argv], []
+        if mode == "landlock":
+            fd = confine.landlock_ruleset(hidden=self.sandbox.hidden, read=[*executor.python_roots(self.python), *reads],
+                                          write=[str(self.root.resolve())], network=True)
+            launcher = confine.LANDLOCK_PRELUDE.format(fd=fd) + f"import os\nos.execv({argv[0]!r}, {argv!r})\n"
+            return [sys.executable, "-S", "-c", launcher], [fd]
+        return argv, []
+
+
+def _local_links(env: Mapping[str, str]) -> list[str]:
+    """Local directories named as find-links (the installer must read them)."""
+    found = []
+    for name in ("UV_FIND_LINKS", "PIP_FIND_LINKS"):
+        for item in env.get(name, "").replace(",", " ").split():
+            path = item[len("file://"):] if item.startswith("file://") else item
+            if os.path.isabs(path) and os.path.isdir(path):
+                found.append(path)
+    return found
 
 
 class _Reporter:

@@ -35,7 +35,7 @@ class SkillError(Exception):
 
     SkillError
      ├── InvalidArgument and the other invalid_* codes: bad input, nothing changed
-     ├── SkillNotFound, SkillExists, NothingToUpdate: the registry's state says no
+     ├── SkillNotFound, SkillExists, NothingToUpdate, VersionNotFound, VersionConflict: the registry's state says no
      ├── CannotDeleteCoreSkill, CannotRenameCoreSkill: core skills are guarded
      └── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
     """
@@ -96,12 +96,13 @@ SkillNotFound = _error("SkillNotFound", "skill_not_found",
                        "Call skill_search or skill_list_summary to find the right id.")
 SkillExists = _error("SkillExists", "skill_exists", "Call skill_update on the existing skill, or choose another name.")
 NothingToUpdate = _error("NothingToUpdate", "nothing_to_update",
-                         "Pass at least one of name, description, body, dependencies, auth_config, params_schema.")
+                         "Pass at least one of name, description, body, files, dependencies, auth_config, params_schema.")
 CannotDeleteCoreSkill = _error("CannotDeleteCoreSkill", "cannot_delete_core_skill",
                                "Core skills stay in the registry; update their body or description instead.")
 CannotRenameCoreSkill = _error("CannotRenameCoreSkill", "cannot_rename_core_skill",
                                "Core skills keep their names; leave name out of the update.")
-MissingCredentials = _error("MissingCredentials", "missing_credentials", "")
+MissingCredentials = _error("MissingCredentials", "missing_credentials",
+                            "Call skill_auth_url for how to supply the missing credentials, then run it again.")
 NoAuthConfig = _error("NoAuthConfig", "no_auth_config",
                       "This skill declares no auth_config, so it needs no setup; call skill_execute directly.")
 NotExecutable = _error("NotExecutable", "not_executable",
@@ -109,3 +110,18 @@ NotExecutable = _error("NotExecutable", "not_executable",
 DependencyInstallFailed = _error("DependencyInstallFailed", "dependency_install_failed",
                                  "Check the requirement names and versions in `installer_tail`, fix them with "
                                  "skill_update, and call skill_execute again.")
+VersionNotFound = _error("VersionNotFound", "version_not_found",
+                         "Call skill_get_detail with include_history=true to see which versions exist.")
+VersionConflict = _error("VersionConflict", "version_conflict",
+                         "Re-read the skill with skill_get_detail, apply your change to its current version, and "
+                         "call skill_update again with expected_version set to that version.")
+SandboxUnavailable = _error("SandboxUnavailable", "sandbox_unavailable",
+                            "Install bubblewrap (apt-get install bubblewrap) or run on a kernel with Landlock; or, "
+                            "as the owner, accept unconfined runs with SELFMCP_SANDBOX=none, or bind "
+                            "SELFMCP_HOST=127.0.0.1.")
+InvalidFrontmatter = _error("InvalidFrontmatter", "invalid_frontmatter",
+                            "Fix the YAML between the SKILL.md's `---` lines; quote values such as yes, on, 017 "
+                            "or dates so every YAML reader sees the same text.")
+InvalidFiles = _error("InvalidFiles", "invalid_files",
+                      'Give files as {"relative/path": "text"} or {"path": {"base64": "..."}} with relative '
+                      "paths (no '..', no leading '/', no backslash), at most 512 files and 16 MiB a skill.")

@@ -9,6 +9,7 @@ off the reply's path) and redacts every secret value from what it returns.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import logging
 import os
 import sqlite3
@@ -16,12 +17,13 @@ import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import executor
 from selfmcp import depenv, redact
+from selfmcp.errors import SandboxUnavailable
 from selfmcp.store import SkillStore, Statements, now_text
 
 log = logging.getLogger("selfmcp.runtime")
@@ -53,6 +55,10 @@ class ExecutionConfig:
     sandbox: str = "auto"  # auto | bwrap | none
     sandbox_network: bool = True
     skill_env: str = "inherit"  # inherit | declared
+    max_processes: int = 128  # per run, in total
+    workdir_mb: int = 256  # per run (a tmpfs under bubblewrap)
+    allow_source_builds: bool = False  # dependency installs may run a package's build code
+    public_bind: bool = False  # served beyond loopback: refuse unconfined runs unless SELFMCP_SANDBOX=none
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,8 @@ class PreparedRun:
     timeout_s: float
     requirements: tuple[str, ...]
     auth_vars: tuple[str, ...]
+    files: Mapping[str, bytes] = field(default_factory=dict)  # the skill folder, written into the workdir
+    script: str = "skill.py"  # where `code` sits in that folder
 
 
 class Runtime:
@@ -86,11 +94,17 @@ class Runtime:
             self.sandbox = executor.resolve_sandbox(config.sandbox, network=config.sandbox_network, hidden=hidden)
         except (RuntimeError, ValueError) as exc:
             raise ExecutionConfigError(str(exc)) from None
+        # No run (of any uid) can read this process's environment through /proc.
+        self.not_dumpable = executor.make_not_dumpable()
         self.runner = executor.Runner(
-            limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes),
+            limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes,
+                                   processes=config.max_processes, workdir_mb=config.workdir_mb),
             sandbox=self.sandbox, concurrency=config.concurrency)
-        self.envs = depenv.EnvCache(config.env_dir or db_dir / "envs", environ=environ)
         self.redactor = redact.Redactor.from_environ(environ)
+        self.envs = depenv.EnvCache(config.env_dir or db_dir / "envs", environ=environ, sandbox=self.sandbox,
+                                    allow_source_builds=config.allow_source_builds, redact=self.redactor.redact)
+        # What selfmcp_about reports as in force (the same words as the start-up log).
+        self._sandbox_info = json.dumps(self.describe()["in_force"], sort_keys=True)
         # One writer for skill_runs, so records land in order and a flush is one no-op task.
         self._history = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfmcp-runs")
 
@@ -100,7 +114,16 @@ class Runtime:
                 "sandbox_network": self.sandbox.network, "skill_env": self.config.skill_env,
                 "memory_mb": self.config.memory_mb, "max_output_bytes": self.config.max_output_bytes,
                 "concurrency": self.config.concurrency, "env_dir": str(self.envs.root),
-                "installer": self.envs.installer, "redacted_variables": len(self.redactor.names)}
+                "installer": self.envs.installer, "redacted_variables": len(self.redactor.names),
+                "source_builds": self.config.allow_source_builds, "refused": self.refuses_runs,
+                "in_force": self.runner.describe() | {
+                    "server_environ": "unreadable to runs (the server is not dumpable)" if self.not_dumpable
+                    else "READABLE by runs of the server's uid (prctl failed)"}}
+
+    @property
+    def refuses_runs(self) -> bool:
+        """No confinement at all on a public bind, and the owner did not accept that with SELFMCP_SANDBOX=none."""
+        return self.sandbox.mode == "none" and not self.sandbox.explicit and self.config.public_bind
 
     def skill_environment(self, auth_vars: tuple[str, ...]) -> dict[str, str]:
         """The environment a run gets: the server's whole environment, or only the declared part."""
@@ -134,6 +157,9 @@ class Runtime:
         """
         import anyio
 
+        if self.refuses_runs:
+            raise SandboxUnavailable(f"This server is reachable beyond loopback and cannot confine skill runs: "
+                                     f"{self.sandbox.note}.")
         redactor = self.redactor
         started_at, started = now_text(), time.perf_counter()
 
@@ -155,9 +181,11 @@ class Runtime:
                                "installed_now": built.built_now}
                 if built.built_now:
                     environment["install_ms"] = built.build_ms
+            env = {**self.skill_environment(prepared.auth_vars), "SELFMCP_SANDBOX_INFO": self._sandbox_info}
             result = await self.runner.run(
-                prepared.code, prepared.params_json, env=self.skill_environment(prepared.auth_vars),
-                timeout_s=prepared.timeout_s, python=python, read_only=read_only)
+                prepared.code, prepared.params_json, env=env,
+                timeout_s=prepared.timeout_s, python=python, read_only=read_only, files=prepared.files,
+                script=prepared.script)
         except anyio.get_cancelled_exc_class():
             self._record_later(prepared, started_at, elapsed(), cancelled=True)
             raise

@@ -463,13 +463,15 @@ class Search:
         with self.store.read() as tx:
             return tx.stale_embedding_ids(self.embedder.model_id, limit)
 
-    def reembed_stale(self, batch_size: int = 64, progress: Callable[[int, int], None] | None = None) -> int:
-        """Re-embed every stale vector with the active model, in batches; return how many were done.
+    def reembed_stale(self, batch_size: int = 64, progress: Callable[[int, int], None] | None = None, *,
+                      ids: list[int] | None = None) -> int:
+        """Re-embed every stale vector (or the skills `ids`) with the active model, in batches; return how many
+        were done.
 
         Searches keep working meanwhile: each batch commits on its own, and vector search
         uses the vectors of the active model that exist so far.
         """
-        stale = self.stale_embeddings()
+        stale = self.stale_embeddings() if ids is None else ids
         done = 0
         self.reembed_paused = False
         for start in range(0, len(stale), batch_size):

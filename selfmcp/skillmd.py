@@ -1,7 +1,17 @@
 """The two body formats a skill can have: a plain Python script, or a SKILL.md.
 
 A SKILL.md (the Agent Skills format) is Markdown with optional YAML-style frontmatter
-between `---` lines; its runnable part is the concatenation of its ```python blocks.
+between `---` lines; its runnable part is the concatenation, joined by a blank line, of
+its fenced code blocks whose info string is python, py or python3 (any case). What a Markdown reader
+shows as a python block is exactly what runs: the blocks are found by a CommonMark parser
+(markdown-it-py), so a fence may be of backticks or tildes and of any length of at least
+three, closes only with a fence of the same kind at least as long, and a fence inside an
+HTML comment or other HTML block, or an indented code block, is not a python block.
+
+Which format a body has: a body that starts with frontmatter is a SKILL.md; otherwise a
+body that compiles as Python is a script (a fence inside one of its strings or docstrings
+is text, not code); otherwise, when it has a fence, it is a SKILL.md.
+
 Only the simple `key: value` / `key: [a, b]` / indented `- item` subset of YAML is
 read here: enough for name, description, tags and metadata, with no YAML dependency.
 """
@@ -9,11 +19,16 @@ read here: enough for name, description, tags and metadata, with no YAML depende
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
+from markdown_it import MarkdownIt
+
 _FRONTMATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
-_PY_BLOCK = re.compile(r"^```[ \t]*(?:python|py|python3)[ \t]*\r?\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
-_FENCE = re.compile(r"^```", re.MULTILINE)
+# A CommonMark fence opening: up to three spaces, then three or more backticks or tildes.
+_FENCE = re.compile(r"^ {0,3}(?:```|~~~)", re.MULTILINE)
+PYTHON_INFO = ("python", "py", "python3")
+_MARKDOWN = MarkdownIt("commonmark")
 
 
 @dataclass
@@ -51,8 +66,28 @@ def parse_frontmatter(text: str) -> dict[str, object]:
     return {k: ("" if v == [] else v) for k, v in data.items()}
 
 
+def _compiles(body: str) -> bool:
+    try:
+        compile(body, "<skill>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def looks_like_markdown(body: str) -> bool:
-    return bool(_FRONTMATTER.match(body) or _FENCE.search(body))
+    if _FRONTMATTER.match(body):
+        return True
+    return bool(_FENCE.search(body)) and not _compiles(body)
+
+
+def python_blocks(markdown: str) -> list[str]:
+    """The contents of the fenced code blocks whose info string's first word is python, py or python3."""
+    blocks = []
+    for token in _MARKDOWN.parse(markdown):
+        language = token.info.split(maxsplit=1)[0].lower() if token.info.strip() else ""
+        if token.type == "fence" and language in PYTHON_INFO:
+            blocks.append(token.content)
+    return blocks
 
 
 def parse_body(body: str) -> ParsedBody:
@@ -61,8 +96,21 @@ def parse_body(body: str) -> ParsedBody:
         return ParsedBody(is_markdown=False, code=body)
     match = _FRONTMATTER.match(body)
     frontmatter = parse_frontmatter(match.group(1)) if match else {}
-    blocks = _PY_BLOCK.findall(body)
+    blocks = python_blocks(body[match.end():] if match else body)
     return ParsedBody(is_markdown=True, frontmatter=frontmatter, code="\n\n".join(blocks) if blocks else None)
+
+
+def nfc(text: str) -> str:
+    """`text` in Unicode normal form C: the form names are compared in."""
+    return unicodedata.normalize("NFC", text)
+
+
+def code_fields(body: str) -> dict[str, object]:
+    """`format` ("python" or "skill_md"), and for a SKILL.md the exact `code` that runs (None when it has none)."""
+    parsed = parse_body(body)
+    if not parsed.is_markdown:
+        return {"format": "python"}
+    return {"format": "skill_md", "code": parsed.code}
 
 
 def frontmatter_search_text(frontmatter: dict[str, object]) -> str:

@@ -18,7 +18,7 @@ import db
 
 # Columns a skill_update may assign; update_skill() refuses any other name.
 PATCHABLE_COLUMNS = frozenset({"name", "description", "body", "dependencies_json", "auth_config_json",
-                               "params_schema_json"})
+                               "params_schema_json", "files_json"})
 
 
 def now_text() -> str:
@@ -37,11 +37,13 @@ class Statements:
     def skill(self, skill_id: int) -> sqlite3.Row | None:
         return self.conn.execute("select * from skills where id = ?", (skill_id,)).fetchone()
 
+    # Names are unique without regard to case (the skills_name_nocase index): "Weather" is "weather".
     def skill_by_name(self, name: str) -> sqlite3.Row | None:
-        return self.conn.execute("select * from skills where name = ?", (name,)).fetchone()
+        return self.conn.execute("select * from skills where name = ? collate nocase", (name,)).fetchone()
 
     def other_skill_named(self, name: str, skill_id: int) -> sqlite3.Row | None:
-        return self.conn.execute("select id from skills where name = ? and id != ?", (name, skill_id)).fetchone()
+        return self.conn.execute("select id, name from skills where name = ? collate nocase and id != ?",
+                                 (name, skill_id)).fetchone()
 
     def insert_skill(self, name: str, values: Sequence[Any], *, is_core: bool, now: str) -> int:
         """A new active skill at version 1; `values` are description, body and the three JSON columns."""
@@ -53,15 +55,15 @@ class Statements:
             """,
             (name, *values, int(is_core), now, now)).lastrowid
 
-    def reactivate_skill(self, skill_id: int, values: Sequence[Any], *, version: int, is_core: bool,
+    def reactivate_skill(self, skill_id: int, name: str, values: Sequence[Any], *, version: int, is_core: bool,
                          now: str) -> None:
         self.conn.execute(
             """
-            update skills set description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
+            update skills set name = ?, description = ?, body = ?, dependencies_json = ?, auth_config_json = ?,
                 params_schema_json = ?, version = ?, is_active = 1, is_core = ?, updated_at = ?
             where id = ?
             """,
-            (*values, version, int(is_core), now, skill_id))
+            (name, *values, version, int(is_core), now, skill_id))
 
     def patch_skill(self, skill_id: int, patch: dict[str, Any], *, now: str) -> None:
         """Assign `patch` (column -> value) and bump the version by one."""
@@ -82,8 +84,41 @@ class Statements:
     def core_ids(self) -> set[int]:
         return {r[0] for r in self.conn.execute("select id from skills where is_core = 1")}
 
+    def active_ids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("select id from skills where is_active = 1 order by id")]
+
     def count_active(self) -> int:
         return self.conn.execute("select count(*) from skills where is_active = 1").fetchone()[0]
+
+    def active_skills(self) -> list[sqlite3.Row]:
+        """Every active skill's row, by id (what the Skills-over-MCP catalogue and export read)."""
+        return self.conn.execute("select * from skills where is_active = 1 order by id").fetchall()
+
+    def set_files(self, skill_id: int, files_json: str | None) -> None:
+        """Set the skill's file manifest (in the transaction that writes its version)."""
+        self.conn.execute("update skills set files_json = ? where id = ?", (files_json, skill_id))
+
+    def set_source(self, skill_id: int, source_json: str | None) -> None:
+        self.conn.execute("update skills set source_json = ? where id = ?", (source_json, skill_id))
+
+    def active_names(self) -> list[sqlite3.Row]:
+        return self.conn.execute("select id, name from skills where is_active = 1 order by id").fetchall()
+
+    # -- file contents, one row per digest (shared by every version that has the file)
+
+    def put_blobs(self, blobs: dict[str, bytes]) -> None:
+        """Store `blobs` (digest -> bytes); a digest already stored is left as it is."""
+        self.conn.executemany("insert or ignore into skill_blobs(digest, size, content) values (?, ?, ?)",
+                              [(d, len(b), b) for d, b in blobs.items()])
+
+    def blobs(self, digests: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        for start in range(0, len(digests), 500):
+            chunk = list(digests[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            out.update(self.conn.execute(f"select digest, content from skill_blobs where digest in ({marks})",
+                                         chunk).fetchall())
+        return out
 
     def texts(self, ids: Sequence[int]) -> list[sqlite3.Row]:
         marks = ",".join("?" * len(ids))
@@ -97,17 +132,58 @@ class Statements:
         self.conn.execute(
             """
             insert or ignore into skill_versions(skill_id, version, name, description, body,
-                dependencies_json, auth_config_json, params_schema_json, changed_at)
+                dependencies_json, auth_config_json, params_schema_json, files_json, changed_at)
             select id, version, name, description, body, dependencies_json, auth_config_json,
-                params_schema_json, ?
+                params_schema_json, files_json, ?
             from skills
             where id = ?
             """,
             (now, skill_id))
 
+    def record_version(self, skill_id: int, *, now: str, change: str = "updated",
+                       restored_from: int | None = None) -> None:
+        """Record the skill's current row as a new version (`change` is "restored" when `restored_from` is
+        given); a version already recorded is an error, never silently kept (history is append-only, so two
+        writers can never share a version number)."""
+        self.conn.execute(
+            """
+            insert into skill_versions(skill_id, version, name, description, body, dependencies_json,
+                auth_config_json, params_schema_json, files_json, changed_at, change, restored_from)
+            select id, version, name, description, body, dependencies_json, auth_config_json,
+                params_schema_json, files_json, ?, ?, ?
+            from skills
+            where id = ?
+            """,
+            (now, "restored" if restored_from is not None else change, restored_from, skill_id))
+
     def version_numbers(self, skill_id: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
             "select version from skill_versions where skill_id = ? order by version", (skill_id,))]
+
+    def version(self, skill_id: int, version: int) -> sqlite3.Row | None:
+        return self.conn.execute("select * from skill_versions where skill_id = ? and version = ?",
+                                 (skill_id, version)).fetchone()
+
+    def version_summaries(self, skill_id: int) -> list[sqlite3.Row]:
+        """One row per version, oldest first: number, time, change, body size and which fields differ from
+        the version before (null on the first)."""
+        return self.conn.execute(
+            """
+            select version, changed_at, change, restored_from, length(cast(body as blob)) as size,
+                lag(version) over w as previous,
+                name is not lag(name) over w as name,
+                files_json is not lag(files_json) over w as files,
+                description is not lag(description) over w as description,
+                body is not lag(body) over w as body,
+                dependencies_json is not lag(dependencies_json) over w as dependencies,
+                auth_config_json is not lag(auth_config_json) over w as auth_config,
+                params_schema_json is not lag(params_schema_json) over w as params_schema
+            from skill_versions
+            where skill_id = ?
+            window w as (order by version)
+            order by version
+            """,
+            (skill_id,)).fetchall()
 
     # -- derived rows: FTS, summary, embedding
 

@@ -10,6 +10,7 @@ bubblewrap (`apt-get install bubblewrap`) and are skipped, with the reason, with
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import logging
 import os
 import secrets
 import socket
+import sqlite3
 import sys
 import time
 import zipfile
@@ -308,9 +310,7 @@ async def test_a_dependency_is_installed_on_the_first_run_and_reused_after(insta
     async def on_progress(done: float, total: float | None, message: str | None) -> None:
         progress.append((done, total, message))
 
-    started = time.perf_counter()
     first = body_of(await execute(client, sid, progress_callback=on_progress))
-    first_s = time.perf_counter() - started
     assert first["stdout"] == "42\n" and first["exit_code"] == 0
     assert first["environment"]["installed_now"] is True
     assert first["environment"]["requirements"] == ["selfmcp-testdep==1.0"]
@@ -318,12 +318,9 @@ async def test_a_dependency_is_installed_on_the_first_run_and_reused_after(insta
     ready = env_dir / first["environment"]["key"] / depenv.READY_FILE
     built_at = ready.stat().st_mtime_ns
 
-    started = time.perf_counter()
     second = body_of(await execute(client, sid))
-    second_s = time.perf_counter() - started
     assert second["stdout"] == "42\n" and second["environment"]["installed_now"] is False
     assert ready.stat().st_mtime_ns == built_at  # no installer touched the environment
-    assert second_s * 5 <= first_s, (first_s, second_s)
 
 
 async def test_two_first_runs_of_the_same_requirements_install_once(installing):
@@ -417,7 +414,12 @@ async def test_no_skill_ever_sees_the_servers_own_credentials(tmp_path):
     server_secrets = {"SELFMCP_AUTH_TOKEN": "token-0123456789abcdef", "SELFMCP_OWNER_PASSWORD": "owner-pass-0123"}
     for mode in ("inherit", "declared"):
         async with in_process(tmp_path / mode, sandbox="none", skill_env=mode, environ=server_secrets) as client:
-            sid = await create(client, "peek", body, auth_config={"type": "api_key", "env_var": "SELFMCP_AUTH_TOKEN"})
+            sid = await create(client, "peek", body)
+            # skill_create now refuses an auth_config naming a server-only variable; a row stored
+            # before that rule is still run without it.
+            with contextlib.closing(sqlite3.connect(tmp_path / mode / "skills.db")) as conn, conn:
+                conn.execute("update skills set auth_config_json = ? where id = ?",
+                             ('{"type": "api_key", "env_var": "SELFMCP_AUTH_TOKEN"}', sid))
             sid_plain = await create(client, "peek_plain", body)
             assert body_of(await execute(client, sid_plain))["stdout"] == "None None\n", mode
             assert body_of(await execute(client, sid))["stdout"] == "None None\n", mode  # even when named
@@ -540,7 +542,8 @@ async def test_params_are_checked_against_the_schema_before_the_run(tmp_path, pa
         assert detail["params_schema"] == CITY_SCHEMA
         error = assert_error(await execute(client, sid, params), "invalid_params")
         assert error["path"] == path
-        assert detail["runs"]["count"] == 0
+        after_refusal = body_of(await client.call_tool("skill_get_detail", {"skill_id": sid}))
+        assert after_refusal["runs"]["count"] == 0  # a refused run is not recorded
         ok = body_of(await execute(client, sid, {"city": "Oslo"}))
         assert json.loads(ok["stdout"]) == {"city": "Oslo"}
 

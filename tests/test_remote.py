@@ -36,7 +36,8 @@ def anyio_backend():
 
 @pytest.mark.parametrize(("env", "mode"), [
     ({}, "oauth"),  # the specification's default bind, 0.0.0.0
-    ({"SELFMCP_HOST": "127.0.0.1"}, "none"),
+    ({"SELFMCP_HOST": "127.0.0.1"}, "oauth"),  # loopback is no trust boundary
+    ({"SELFMCP_HOST": "127.0.0.1", "SELFMCP_AUTH": "none"}, "none"),  # only when asked for
     ({"SELFMCP_HOST": "localhost", "SELFMCP_AUTH_TOKEN": TOKEN}, "token"),
     ({"SELFMCP_AUTH_TOKEN": TOKEN}, "oauth"),  # oauth accepts the token too
     ({"SELFMCP_AUTH": "none"}, "none"),  # must be asked for on a public bind

@@ -6,7 +6,10 @@
     GET  /                     where to connect (no secret)
 
 The form is CSRF-protected twice: a token tied to the pending request, echoed in a cookie set with
-the page. Five wrong passwords from one address lock the page for that address for 15 minutes.
+the page. The first browser to open a pending request owns it: the page is shown again only to a
+browser holding its cookie, and an opened request is never evicted by newer /authorize calls.
+Five wrong passwords from one address (the real client address: proxy headers count only from
+SELFMCP_TRUSTED_PROXIES) lock the page for that address for 15 minutes.
 """
 
 from __future__ import annotations
@@ -128,6 +131,15 @@ class ConsentPage:
         pending = self.provider.consent_request(request.query_params.get("request", ""))
         if pending is None:
             return _expired()
+        cookie = request.cookies.get(_cookie_name(pending), "")
+        if pending.opened and not hmac.compare_digest(cookie.encode(), pending.csrf.encode()):
+            log.warning("a consent page already opened in another browser was requested again")
+            return _message_page("Opened in another browser",
+                                 "This sign-in request was opened in another browser. Start the connection again "
+                                 "from your client.", 403)
+        if not self.provider.open_consent(pending):
+            return _message_page("Too many sign-ins in progress",
+                                 "Too many sign-in requests are waiting. Try again in a few minutes.", 429)
         response = _page("selfMCP: allow access?", _consent_form(pending))
         response.set_cookie(_cookie_name(pending), pending.csrf, max_age=600, path="/consent", httponly=True,
                             samesite="lax", secure=self.secure_cookies)

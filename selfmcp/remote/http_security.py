@@ -1,9 +1,13 @@
-"""Transport safety for the HTTP server: public URL, Host allow-list, body bounds, login lockout.
+"""Transport safety for the HTTP server: public URL, Host allow-list, body bounds, rate limits, login lockout.
 
-Nothing here knows about skills or OAuth. `RequestGuard` is the outermost ASGI middleware:
+Nothing here knows about skills or OAuth. `RequestGuard` is the outermost ASGI middleware of the app
+(uvicorn's proxy-header handling sits outside it, and believes X-Forwarded-For only from the
+addresses in SELFMCP_TRUSTED_PROXIES, so `scope["client"]` is the real client address):
 
     RequestGuard          421 for a Host outside the allow-list (DNS rebinding), 413 for a body
-      |                   declared too large; logs 401s and failed OAuth requests without secrets
+      |                   declared too large (64 KiB on the OAuth endpoints), 429 with Retry-After
+      |                   when one address calls /register or /authorize too often; logs 401s and
+      |                   failed OAuth requests without secrets
       +-- the SDK's app   bearer check, /mcp (its own Origin check and 4 MiB body cap), OAuth routes
 
 It runs first so a request with a foreign Host gets 421 even without a token (in the SDK's app
@@ -15,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +36,24 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # the SDK's own cap on /mcp; nothing we serve 
 OPEN_PATHS = ("/health", "/")
 OAUTH_PATHS = ("/token", "/register", "/revoke", "/authorize")
 MCP_PATHS = ("/mcp", "/sse", "/messages")
+MAX_OAUTH_BODY_BYTES = 64 * 1024  # a registration is a few hundred bytes
+# Per client address: (requests, seconds). Enough for any real client signing in again and again;
+# a flood gets 429 long before it can fill the client table or the pending consents.
+RATE_LIMITS: dict[str, tuple[int, float]] = {"/register": (30, 600.0), "/authorize": (60, 600.0)}
+
+
+def parse_trusted_proxies(text: str) -> tuple[str, ...]:
+    """SELFMCP_TRUSTED_PROXIES: comma-separated addresses or networks (CIDR); ValueError names a bad entry."""
+    entries: list[str] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network such as 10.0.0.0/8") from None
+        entries.append(item)
+    return tuple(entries)
 
 
 def is_loopback(host: str) -> bool:
@@ -150,19 +173,82 @@ class HostAllowList:
                                          allowed_origins=origins)
 
 
-async def _send_json(send: Callable[..., Any], status: int, body: bytes) -> None:
+async def _send_json(send: Callable[..., Any], status: int, body: bytes,
+                     extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(extra_headers or [])]})
     await send({"type": "http.response.body", "body": body})
 
 
-class RequestGuard:
-    """Outermost ASGI middleware: Host allow-list (421), declared body size (413), auth-failure logging."""
+async def _buffered(receive: Callable[..., Any], limit: int) -> Callable[..., Any] | None:
+    """A receive callable replaying the whole request body, or None when it is longer than `limit`."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        body += message.get("body", b"")
+        if len(body) > limit:
+            return None
+        if not message.get("more_body", False):
+            break
+    replayed = False
 
-    def __init__(self, app: Any, hosts: HostAllowList, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    async def replay() -> dict[str, Any]:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": bytes(body), "more_body": False}
+        return await receive()
+
+    return replay
+
+
+class RateLimiter:
+    """At most `limit` events per `window_s` seconds per key; memory bounded by `max_tracked` keys."""
+
+    def __init__(self, limit: int, window_s: float, *, clock: Callable[[], float] = time.monotonic,
+                 max_tracked: int = 10_000) -> None:
+        self.limit = limit
+        self.window_s = window_s
+        self.clock = clock
+        self.max_tracked = max_tracked
+        self._events: dict[str, deque[float]] = {}
+
+    def hit(self, key: str) -> float:
+        """Count one event for `key`: 0 when allowed, else the seconds until it would be."""
+        now = self.clock()
+        events = self._events.get(key)
+        if events is None:
+            if len(self._events) >= self.max_tracked:
+                self._prune(now)
+            events = self._events[key] = deque()
+        while events and now - events[0] >= self.window_s:
+            events.popleft()
+        if len(events) >= self.limit:
+            return max(1.0, events[0] + self.window_s - now)
+        events.append(now)
+        return 0.0
+
+    def _prune(self, now: float) -> None:
+        self._events = {k: v for k, v in self._events.items() if v and now - v[-1] < self.window_s}
+        while len(self._events) >= self.max_tracked:  # all recent: forget the oldest keys
+            del self._events[next(iter(self._events))]
+
+
+class RequestGuard:
+    """Outermost ASGI middleware: Host allow-list (421), body size (413), rate limits (429), auth-failure logging."""
+
+    def __init__(self, app: Any, hosts: HostAllowList, max_body_bytes: int = MAX_BODY_BYTES, *,
+                 rate_limits: dict[str, tuple[int, float]] | None = None, proxies_trusted: bool = False) -> None:
         self.app = app
         self.hosts = hosts
         self.max_body_bytes = max_body_bytes
+        self.limiters = {path: RateLimiter(n, window) for path, (n, window) in
+                         (RATE_LIMITS if rate_limits is None else rate_limits).items()}
+        self.proxies_trusted = proxies_trusted
+        self._proxy_hint_given = False
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -178,12 +264,36 @@ class RequestGuard:
                 "host_not_allowed", "This server does not answer to that Host header.",
                 "Connect through SELFMCP_PUBLIC_URL, or add the host to SELFMCP_ALLOWED_HOSTS."))
             return
+        if b"x-forwarded-for" in headers and not self.proxies_trusted and not self._proxy_hint_given:
+            self._proxy_hint_given = True
+            log.info("requests from %s carry X-Forwarded-For, which is ignored: if %s is your reverse proxy, set "
+                     "SELFMCP_TRUSTED_PROXIES=%s so that sign-in lockouts and rate limits see real addresses",
+                     client, client, client)
         length = headers.get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body_bytes:
+        limit = MAX_OAUTH_BODY_BYTES if path in OAUTH_PATHS else self.max_body_bytes
+        if length.isdigit() and int(length) > limit:
             await _send_json(send, 413, error_json(
-                "body_too_large", f"The request body is larger than {self.max_body_bytes} bytes.",
+                "body_too_large", f"The request body is larger than {limit} bytes.",
                 "Send a smaller request: skill bodies are at most 256 KiB and params at most 1 MiB."))
             return
+        limiter = self.limiters.get(path)
+        if limiter is not None and scope.get("method") != "OPTIONS":
+            wait = limiter.hit(client)
+            if wait:
+                log.warning("rate limit: %s called %s more than %d times in %d s", client, path, limiter.limit,
+                            limiter.window_s)
+                await _send_json(send, 429, error_json(
+                    "rate_limited", f"Too many requests to {path} from this address.",
+                    f"Wait {int(wait) + 1} seconds before trying again."),
+                    extra_headers=[(b"retry-after", str(int(wait) + 1).encode())])
+                return
+        if path in OAUTH_PATHS:
+            receive = await _buffered(receive, MAX_OAUTH_BODY_BYTES)
+            if receive is None:
+                await _send_json(send, 413, error_json(
+                    "body_too_large", f"The request body is larger than {MAX_OAUTH_BODY_BYTES} bytes.",
+                    "OAuth requests are small: send only the fields the endpoint needs."))
+                return
         if not (path.startswith(MCP_PATHS) or path in OAUTH_PATHS):
             await self.app(scope, receive, send)
             return

@@ -10,13 +10,21 @@ restarts. Codes and tokens are stored as SHA-256 hashes, the owner password as a
 Lifetimes: codes 5 minutes, access tokens 1 hour, refresh tokens 30 days. Refresh tokens rotate;
 presenting a rotated one again revokes its whole grant (it was copied).
 
+Abuse is bounded here as well as by the per-address rate limits of http_security: a registration
+is at most MAX_CLIENT_METADATA_BYTES stored, at most MAX_CLIENTS clients exist (when full, the
+oldest never-used client older than the consent lifetime makes room; if none can, registration
+answers 400, never 500), and a pending consent that a browser has opened belongs to that browser
+(its cookie) and is never evicted by newer /authorize requests; only unopened ones are.
+
+`PublicRevocation` replaces the SDK's /revoke handler, which demands a client_secret field even
+from a public client (token_endpoint_auth_method "none") and so could not revoke its tokens.
+
 `RemoteAuth` picks the mode (oauth, token, none) and gives MCPServer its arguments.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -24,7 +32,7 @@ import logging
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -45,8 +53,11 @@ from mcp.server.auth.provider import (
     TokenError,
     construct_redirect_uri,
 )
+from mcp.server.auth.middleware.client_auth import AuthenticationError, ClientAuthenticator
 from mcp.server.auth.settings import AuthSettings, ClientRegistrationOptions, RevocationOptions
 from mcp.shared.auth import OAuthClientInformationFull, OAuthToken
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 import db
 from selfmcp.remote.http_security import is_loopback
@@ -60,7 +71,9 @@ REFRESH_TOKEN_TTL_S = 30 * 24 * 60 * 60
 CONSENT_TTL_S = 10 * 60
 STATIC_TOKEN_CLIENT_ID = "selfmcp-auth-token"
 MAX_CLIENTS = 1000
-MAX_PENDING_CONSENTS = 1000
+MAX_CLIENT_METADATA_BYTES = 8 * 1024
+MAX_PENDING_CONSENTS = 1000  # unopened ones; the oldest makes room for a new one
+MAX_OPENED_CONSENTS = 1000  # opened in a browser: never evicted, a new one waits for room
 UNUSED_CLIENT_TTL_S = 24 * 60 * 60
 # scrypt at N=2**14, r=8 (16 MiB, ~50 ms): slow enough against guessing a leaked hash offline.
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
@@ -130,6 +143,33 @@ def reset_owner_password(database: db.Database | Path) -> str:
     return password
 
 
+def list_clients(database: db.Database | Path) -> list[dict[str, Any]]:
+    """Registered OAuth clients, newest first: id, name, redirect URIs, when registered and last used (epoch
+    seconds or None), and how many unexpired tokens they hold."""
+    with db.Database.of(database).read() as conn:
+        rows = conn.execute("""
+            select c.client_id, c.info_json, c.created_at, c.last_used_at,
+                (select count(*) from oauth_tokens t where t.client_id = c.client_id and t.expires_at >= ?) as tokens
+            from oauth_clients c
+            order by c.created_at desc, c.client_id
+        """, (int(time.time()),)).fetchall()
+    out = []
+    for row in rows:
+        info = json.loads(row["info_json"])
+        out.append({"client_id": row["client_id"], "client_name": info.get("client_name"),
+                    "redirect_uris": [str(u) for u in info.get("redirect_uris") or []],
+                    "created_at": row["created_at"], "last_used_at": row["last_used_at"], "tokens": row["tokens"]})
+    return out
+
+
+def revoke_client(database: db.Database | Path, client_id: str) -> bool:
+    """Delete an OAuth client with its codes and tokens (it must register and be approved again); False if unknown."""
+    with db.Database.of(database).write() as conn:
+        conn.execute("delete from oauth_tokens where client_id = ?", (client_id,))
+        conn.execute("delete from oauth_codes where client_id = ?", (client_id,))
+        return conn.execute("delete from oauth_clients where client_id = ?", (client_id,)).rowcount > 0
+
+
 def _canonical_url(url: str) -> tuple[str, str, int | None, str]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
@@ -141,6 +181,9 @@ def _check_redirect_uri(uri: str) -> None:
     scheme = parts.scheme.lower()
     if scheme in UNSAFE_REDIRECT_SCHEMES or parts.fragment:
         raise RegistrationError("invalid_redirect_uri", f"Redirect URI {uri!r} is not allowed.")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        # user@host shows a misleading name first (claude.ai@evil.example goes to evil.example).
+        raise RegistrationError("invalid_redirect_uri", f"Redirect URI {uri!r} must not contain user information.")
     if scheme == "http" and not is_loopback(parts.hostname or ""):
         raise RegistrationError("invalid_redirect_uri",
                                 f"Redirect URI {uri!r} must use https (plain http only on localhost).")
@@ -165,11 +208,16 @@ class ConsentRequest:
     client: OAuthClientInformationFull
     params: AuthorizationParams
     expires_at: float
+    opened: bool = False  # shown in a browser, which holds the csrf value in a cookie
 
     @property
     def redirect_host(self) -> str:
+        """Where the browser goes back to: the real host (and port), never the user information before an @."""
         parts = urlsplit(str(self.params.redirect_uri))
-        return parts.netloc or f"{parts.scheme}:"
+        if not parts.hostname:
+            return f"{parts.scheme}:"
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{host}:{parts.port}" if parts.port else host
 
 
 class OAuthProvider:
@@ -209,21 +257,45 @@ class OAuthProvider:
             raise RegistrationError("invalid_redirect_uri", "Register 1 to 10 redirect URIs of up to 2000 characters.")
         for uri in uris:
             _check_redirect_uri(uri)
-        await self._run(self._register_client, client_info)
+        size = len(client_info.model_dump_json(exclude_none=True).encode())
+        if size > MAX_CLIENT_METADATA_BYTES:
+            raise RegistrationError("invalid_client_metadata", f"The client metadata is {size} bytes; at most "
+                                    f"{MAX_CLIENT_METADATA_BYTES} are kept.")
+        if not await self._run(self._register_client, client_info):
+            # Raised here, not inside the transaction: RegistrationError is a frozen dataclass, and a
+            # context manager's exit cannot set its __traceback__ (that was a 500).
+            raise RegistrationError("invalid_client_metadata",
+                                    f"Too many clients registered in the last {CONSENT_TTL_S // 60} minutes; "
+                                    "try again later.")
         log.info("registered OAuth client %s (%r)", client_info.client_id, client_info.client_name)
 
-    def _register_client(self, client_info: OAuthClientInformationFull) -> None:
+    def _register_client(self, client_info: OAuthClientInformationFull) -> bool:
+        """Store the client; False when the table is full of clients too recent to forget."""
         now = int(self.clock())
         with self.db.write() as conn:
             self._purge(conn, now)
             count = conn.execute("select count(*) from oauth_clients").fetchone()[0]
             if count >= MAX_CLIENTS:
-                raise RegistrationError("invalid_client_metadata",
-                                        "Too many registered clients; try again tomorrow.")
+                # Make room by forgetting never-used clients whose sign-in has certainly lapsed.
+                conn.execute("""
+                    delete from oauth_clients
+                    where client_id in (
+                        select client_id
+                        from oauth_clients
+                        where last_used_at is null
+                          and created_at < ?
+                        order by created_at
+                        limit ?
+                    )
+                """, (now - CONSENT_TTL_S, count - MAX_CLIENTS + 1))
+                count = conn.execute("select count(*) from oauth_clients").fetchone()[0]
+            if count >= MAX_CLIENTS:
+                return False
             conn.execute("""
                 insert into oauth_clients (client_id, info_json, created_at)
                 values (?, ?, ?)
             """, (client_info.client_id, client_info.model_dump_json(exclude_none=True), now))
+        return True
 
     def _purge(self, conn: sqlite3.Connection, now: int) -> None:
         """Drop expired codes and tokens, and clients registered a day ago that never got a token."""
@@ -243,8 +315,10 @@ class OAuthProvider:
         now = self.clock()
         for stale in [k for k, c in self._consents.items() if c.expires_at < now]:
             del self._consents[stale]
-        while len(self._consents) >= MAX_PENDING_CONSENTS:
-            del self._consents[next(iter(self._consents))]
+        unopened = [k for k, c in self._consents.items() if not c.opened]
+        # Only requests no browser has opened are evicted: a flood cannot push out the owner's.
+        for key in unopened[:max(0, len(unopened) - MAX_PENDING_CONSENTS + 1)]:
+            del self._consents[key]
         request = ConsentRequest(id=secrets.token_urlsafe(24), csrf=secrets.token_urlsafe(32), client=client,
                                  params=params, expires_at=now + CONSENT_TTL_S)
         self._consents[request.id] = request
@@ -259,6 +333,15 @@ class OAuthProvider:
         if request is None or request.expires_at < self.clock():
             return None
         return request
+
+    def open_consent(self, request: ConsentRequest) -> bool:
+        """Mark `request` as opened by the browser that now gets its cookie; False when too many are open."""
+        if request.opened:
+            return True
+        if sum(1 for c in self._consents.values() if c.opened) >= MAX_OPENED_CONSENTS:
+            return False
+        request.opened = True
+        return True
 
     async def check_owner_password(self, password: str) -> bool:
         stored = self._env_password_hash or await self._run(self._stored_password_hash)
@@ -324,9 +407,12 @@ class OAuthProvider:
 
     async def exchange_authorization_code(self, client: OAuthClientInformationFull,
                                           authorization_code: AuthorizationCode) -> OAuthToken:
-        return await self._run(self._exchange_code, client.client_id, authorization_code)
+        token = await self._run(self._exchange_code, client.client_id, authorization_code)
+        if token is None:  # raised outside the transaction: see register_client
+            raise TokenError("invalid_grant", "The authorization code was already used.")
+        return token
 
-    def _exchange_code(self, client_id: str, code: AuthorizationCode) -> OAuthToken:
+    def _exchange_code(self, client_id: str, code: AuthorizationCode) -> OAuthToken | None:
         now = int(self.clock())
         with self.db.write() as conn:
             row = conn.execute("""
@@ -336,7 +422,7 @@ class OAuthProvider:
                   and used_at is null
             """, (_token_hash(code.code),)).fetchone()
             if row is None:
-                raise TokenError("invalid_grant", "The authorization code was already used.")
+                return None
             conn.execute("update oauth_codes set used_at = ? where code_hash = ?", (now, _token_hash(code.code)))
             conn.execute("update oauth_clients set last_used_at = ? where client_id = ?", (now, client_id))
             return self._issue(conn, client_id, row["grant_id"], code.scopes, code.resource, now)
@@ -382,9 +468,12 @@ class OAuthProvider:
 
     async def exchange_refresh_token(self, client: OAuthClientInformationFull, refresh_token: StoredRefreshToken,
                                      scopes: list[str]) -> OAuthToken:
-        return await self._run(self._rotate, client.client_id, refresh_token, scopes)
+        token = await self._run(self._rotate, client.client_id, refresh_token, scopes)
+        if token is None:  # raised outside the transaction: see register_client
+            raise TokenError("invalid_grant", "The refresh token was already used.")
+        return token
 
-    def _rotate(self, client_id: str, old: StoredRefreshToken, scopes: list[str]) -> OAuthToken:
+    def _rotate(self, client_id: str, old: StoredRefreshToken, scopes: list[str]) -> OAuthToken | None:
         now = int(self.clock())
         with self.db.write() as conn:
             # The rotated token stays (until it expires) so that a replay of it can be recognised.
@@ -395,7 +484,7 @@ class OAuthProvider:
                   and rotated_at is null
             """, (now, _token_hash(old.token)))
             if cursor.rowcount == 0:
-                raise TokenError("invalid_grant", "The refresh token was already used.")
+                return None
             conn.execute("update oauth_clients set last_used_at = ? where client_id = ?", (now, client_id))
             return self._issue(conn, client_id, old.grant_id, scopes, old.resource, now)
 
@@ -423,6 +512,40 @@ class OAuthProvider:
     def _revoke_grant(self, grant_id: str) -> None:
         with self.db.write() as conn:
             conn.execute("delete from oauth_tokens where grant_id = ?", (grant_id,))
+
+
+class PublicRevocation:
+    """RFC 7009 /revoke for every client the SDK authenticates, public clients (no secret) included.
+
+    The client proves itself as at /token; a token of another client is ignored; the answer is 200
+    whether or not the token was known (the RFC's rule, so it reveals nothing).
+    """
+
+    def __init__(self, provider: OAuthProvider) -> None:
+        self.provider = provider
+        self.authenticator = ClientAuthenticator(provider)
+
+    async def handle(self, request: Request) -> Response:
+        try:
+            client = await self.authenticator.authenticate_request(request)
+        except AuthenticationError as exc:
+            return JSONResponse({"error": "unauthorized_client", "error_description": exc.message}, status_code=401)
+        form = await request.form()
+        token = form.get("token")
+        if not isinstance(token, str) or not token:
+            return JSONResponse({"error": "invalid_request", "error_description": "token is required"},
+                                status_code=400)
+        found: StoredAccessToken | StoredRefreshToken | None = None
+        loaders = [self.provider.load_access_token, partial(self.provider.load_refresh_token, client)]
+        if form.get("token_type_hint") == "refresh_token":
+            loaders.reverse()
+        for load in loaders:
+            found = await load(token)
+            if found is not None:
+                break
+        if found is not None and found.client_id == client.client_id:
+            await self.provider.revoke_token(found)
+        return Response(status_code=200, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
 
 
 class StaticTokenVerifier:

@@ -8,21 +8,30 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 
-from selfmcp.remote import stdio_transport
+from starlette.routing import Route
+
+from mcp.server.auth.routes import cors_middleware
+
+from selfmcp.remote import oauth, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
-from selfmcp.remote.oauth import RemoteAuth
+from selfmcp.remote.oauth import PublicRevocation, RemoteAuth
 
 log = logging.getLogger("selfmcp")
 
 
-def http_app(mcp: MCPServer, *, transport: str, host: str, hosts: HostAllowList) -> Any:
+def http_app(mcp: MCPServer, *, transport: str, host: str, hosts: HostAllowList, remote: RemoteAuth | None = None,
+             proxies: tuple[str, ...] = ()) -> Any:
     """The ASGI app for the HTTP transports: the Host allow-list guards it on every bind, before any auth."""
     security = hosts.transport_security()
     if transport == "sse":
         app = mcp.sse_app(transport_security=security, host=host)
     else:
         app = mcp.streamable_http_app(streamable_http_path="/mcp", transport_security=security, host=host)
-    return RequestGuard(app, hosts)
+    if remote is not None and remote.provider is not None:
+        revoke = Route("/revoke", endpoint=cors_middleware(PublicRevocation(remote.provider).handle, ["POST", "OPTIONS"]),
+                       methods=["POST", "OPTIONS"])
+        app.router.routes[:] = [revoke if getattr(r, "path", None) == "/revoke" else r for r in app.router.routes]
+    return RequestGuard(app, hosts, proxies_trusted=bool(proxies))
 
 
 async def serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
@@ -35,16 +44,22 @@ async def serve_stdio(mcp: MCPServer, protocol_fds: tuple[int, int]) -> None:
 
 
 def log_execution(info: dict[str, Any]) -> None:
-    """Say at start-up how skills run: sandbox, limits, environments."""
+    """Say at start-up how skills run: sandbox, the limits in force (and which are weaker), environments."""
     log.info("skill runs: sandbox %s%s, environment %s, %d MiB memory, %d bytes of output per stream, "
-             "%d at once, dependency environments in %s (%s); %d secret values redacted",
+             "%d at once, dependency environments in %s (%s, %s); %d secret values redacted",
              info["sandbox"], "" if info["sandbox_network"] else " without network", info["skill_env"],
              info["memory_mb"], info["max_output_bytes"], info["concurrency"], info["env_dir"],
-             info["installer"], info["redacted_variables"])
-    if info["sandbox_note"]:
-        log.warning("SELFMCP_SANDBOX=auto: running skills WITHOUT a sandbox because %s. Install bubblewrap "
-                    "(apt-get install bubblewrap) to isolate them, or set SELFMCP_SANDBOX=none to accept this.",
-                    info["sandbox_note"])
+             info["installer"], "source builds allowed" if info["source_builds"] else "wheels only",
+             info["redacted_variables"])
+    for what, text in info["in_force"].items():
+        log.info("skill runs, %s: %s", what, text)
+    if info["sandbox_note"] and info["sandbox"] != "bwrap":
+        log.warning("SELFMCP_SANDBOX=auto: no bubblewrap because %s; runs are confined by %s. Install bubblewrap "
+                    "(apt-get install bubblewrap) for the full sandbox.", info["sandbox_note"], info["sandbox"])
+    if info["sandbox"] == "none":
+        log.warning("SKILL RUNS ARE NOT CONFINED: a skill can read this server's database and files%s.",
+                    "; skill_execute refuses to run on this public bind (set SELFMCP_SANDBOX=none to accept)"
+                    if info["refused"] else "")
 
 
 def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts: HostAllowList,
@@ -52,6 +67,9 @@ def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts:
     """Log how clients connect, and warn about settings that leave the server open or weak."""
     log.info("clients connect to %s (auth: %s; allowed hosts: %s)", remote.resource_url, remote.mode,
              hosts.describe())
+    if remote.mode == "none" and loopback:
+        log.warning("SELFMCP_AUTH=none: every local account and every skill on this machine can use this server "
+                    "without signing in. Remove SELFMCP_AUTH to require OAuth, or set SELFMCP_AUTH_TOKEN.")
     if remote.mode == "none" and not loopback:
         log.warning("!" * 78)
         log.warning("SECURITY: SELFMCP_AUTH=none on %s. Anyone who can reach port %d can run code on this "
@@ -72,6 +90,17 @@ def log_auth(remote: RemoteAuth, *, host: str, port: int, loopback: bool, hosts:
                     "https address clients use.", remote.resource_url)
     if owner_password:
         log.info("owner password: SELFMCP_OWNER_PASSWORD")
+
+
+def ensure_owner_password(remote: RemoteAuth, owner_password: str | None, *, reachable: bool) -> None:
+    """In OAuth mode with no SELFMCP_OWNER_PASSWORD, create the stored one on first start and print it once."""
+    if remote.mode != "oauth" or owner_password or remote.provider is None:
+        return
+    password = oauth.ensure_owner_password(remote.provider.db)
+    if password is None:
+        log.info("owner password: the one printed at first start (new one: python3 server.py --reset-owner-password)")
+        return
+    print_owner_password(password, remote, reachable=reachable)
 
 
 def print_owner_password(password: str, remote: RemoteAuth, *, reachable: bool) -> None:
