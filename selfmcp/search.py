@@ -17,6 +17,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ VECTOR_WEIGHT = 0.7
 # Core skills are about the server itself; keep them from crowding ordinary results.
 CORE_SCORE_FACTOR = 0.6
 KEYWORD_CANDIDATES = 200
+# Seconds the background thread waits before loading a model that is not loaded yet.
+WARM_UP_DELAY_S = 0.5
 # Up to this many skills the in-memory keyword index is built before the registry answers
 # (~0.1 s); beyond, in a background thread while FTS5 answers keyword queries.
 KEYWORD_BUILD_INLINE = 500
@@ -512,6 +515,10 @@ class Search:
             try:
                 warm_up = getattr(self.embedder, "warm_up", None)
                 if warm_up is not None:
+                    if not getattr(self.embedder, "ready", True):
+                        # Let start-up finish first (the server answers tools/list meanwhile);
+                        # a query or write that needs the model sooner loads it itself.
+                        time.sleep(WARM_UP_DELAY_S)
                     warm_up()
                 while self._reembed_wanted.is_set():
                     self._reembed_wanted.clear()

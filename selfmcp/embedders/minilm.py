@@ -13,7 +13,8 @@ NOTICE.md). At run time only numpy is needed:
 Loading expands the int8 matrices to float32 (~42 MB) and keeps the word table int8 (~12 MB);
 it takes ~0.1-0.2 s, so `MiniLMEmbedder` knows its model id without loading and loads on first
 use (or in the background through `warm_up()`). The vectors match torch's within a cosine of
-about 0.9996 (tests/test_minilm_embedder.py checks a stored reference).
+about 0.9996 (tests/test_minilm_embedder.py checks a stored reference). Loading also limits
+numpy's OpenBLAS to one thread (`limit_blas_threads`; see there why).
 """
 
 from __future__ import annotations
