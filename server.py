@@ -32,7 +32,7 @@ from selfmcp import cli, redact, serverlock
 from selfmcp.errors import InvalidFiles, error_body
 from selfmcp.extension import SkillsServerMixin
 from selfmcp.folders import FILES_HELP
-from selfmcp.remote import consent, http_security, oauth, serving, stdio_transport
+from selfmcp.remote import consent, http_security, oauth, secrets_page, serving, stdio_transport
 
 log = logging.getLogger("selfmcp")
 
@@ -67,6 +67,8 @@ class Settings:
     auth_token: str | None = None
     auth: str = "none"  # oauth | token | none; from_env() picks oauth (token on loopback with a token)
     owner_password: str | None = None
+    secret_key: str | None = None  # SELFMCP_SECRET_KEY: the vault key (else a key file beside the database)
+    cimd_loopback: bool = False  # SELFMCP_CIMD_LOOPBACK=1: client metadata documents on loopback (tests)
     public_url: str | None = None  # https://host clients use; None: this machine's own address
     allowed_hosts: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose X-Forwarded-For is believed
@@ -196,7 +198,9 @@ def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: in
     except ValueError as exc:
         raise ConfigError(f"SELFMCP_TRUSTED_PROXIES: {exc}.") from None
     return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
-            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "trusted_proxies": proxies}
+            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "trusted_proxies": proxies,
+            "secret_key": env.get("SELFMCP_SECRET_KEY") or None,
+            "cimd_loopback": env.get("SELFMCP_CIMD_LOOPBACK") == "1"}
 
 
 # ------------------------------------------------------------------------------ errors
@@ -266,13 +270,15 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     if registry is None:
         embedder = settings.embedder or make_embedder(settings.embed_model, use_remote=settings.use_litellm,
                                                    api_base=settings.embed_api_base)
-        registry = skills.Registry(settings.db_path, embedder, environ=settings.environ, execution=settings.execution)
+        registry = skills.Registry(settings.db_path, embedder, environ=settings.environ, execution=settings.execution,
+                                   secret_key=settings.secret_key)
         registry.seed_core_skills()
     remote = oauth.RemoteAuth.create(
         settings.auth if settings.transport != "stdio" else "none", base_url=settings.base_url,
         mcp_path="/sse" if settings.transport == "sse" else "/mcp", database=registry.store.db,
-        auth_token=settings.auth_token, owner_password=settings.owner_password)
+        auth_token=settings.auth_token, owner_password=settings.owner_password, cimd_loopback=settings.cimd_loopback)
     mcp = SelfMCPServer(registry, remote, log_level=settings.log_level)
+    page = secrets_page.attach(mcp, registry, remote, settings.owner_password, served=settings.transport != "stdio")
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -294,8 +300,9 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         auth_config: Annotated[dict[str, Any] | None, Field(description=(
             'Credentials the skill needs: {"type": "api_key", "env_var": "X_API_KEY", "instructions": "..."} '
             'or {"type": "oauth2", "auth_url": ..., "token_url": ..., "scopes": [...], '
-            '"client_id_env": "X_CLIENT_ID", "client_secret_env": ...}. client_id_env must end in _CLIENT_ID '
-            '(its value is shown in skill_auth_url); no SELFMCP_* variable may be named.'))] = None,
+            '"client_id_env": "X_CLIENT_ID", "client_secret_env": ..., "token_env": "X_ACCESS_TOKEN"}. '
+            'client_id_env must end in _CLIENT_ID (its value is shown in skill_auth_url); no SELFMCP_* variable '
+            'may be named.'))] = None,
         params_schema: Annotated[dict[str, Any] | None, Field(description=(
             "Optional JSON Schema of the params object the skill accepts."))] = None,
         files: Annotated[dict[str, str | dict[str, str] | None] | None, Field(description=FILES_HELP)] = None,
@@ -358,12 +365,12 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         run gets a fresh working directory, limits on time, memory and output, and the server's environment; secret
         values are shown as [REDACTED:NAME]. Returns {stdout, stderr, exit_code, timed_out, duration_ms, stdout_bytes,
         stderr_bytes, stdout_truncated, stderr_truncated, sandbox, skill_id, name, version, environment?}; a non-zero
-        exit_code or timed_out=true is a result, not an error. Errors: skill_not_found, missing_credentials (with
-        `missing`; then call skill_auth_url), invalid_params (with `path`), invalid_timeout, invalid_dependency,
-        dependency_install_failed (with `installer_tail`), not_executable.
+        exit_code or timed_out=true is a result, not an error. A missing key is asked of the user by URL-mode
+        elicitation when the client supports it. Errors: skill_not_found, missing_credentials (with `missing` and
+        `url`: show the link to the user, then run again), invalid_params (with `path`), invalid_timeout,
+        invalid_dependency, dependency_install_failed (with `installer_tail`), not_executable.
         """
-        return await registry.execute(skill_id, params, timeout,
-                                      progress=ctx.report_progress if ctx is not None else None)
+        return await secrets_page.run_asking_for_secrets(registry, page, ctx, skill_id, params, timeout)
 
     @tool(READ_ONLY)
     def skill_list_summary(
@@ -413,9 +420,10 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     def skill_auth_url(skill_id: SkillId) -> dict[str, Any]:
         """Tell the user how to provide the credentials a skill needs (API key or OAuth2 grant).
 
-        Call it after skill_execute returned missing_credentials, and show the instructions (and
-        auth_url, for OAuth2) to the user. Returns {type, env_vars, missing, ready, instructions,
-        auth_url?, replit_secrets_url?}. Errors: skill_not_found, no_auth_config, invalid_auth_config.
+        Call it after skill_execute returned missing_credentials, and show the instructions and `url` (a
+        single-use link where the user enters the key or connects the account) to the user. Returns
+        {type, env_vars, missing, ready, instructions, url?, auth_url?, replit_secrets_url?}. Errors:
+        skill_not_found, no_auth_config, invalid_auth_config.
         """
         return registry.auth_url(skill_id)
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from embeddings import Embedder
 from selfmcp import core_skills, credentials, depenv, folders, history, schemas, skillmd
+from selfmcp.secret_links import SecretLinks
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
                             InvalidDescription, InvalidLimit, InvalidMode, InvalidName, InvalidParams,
@@ -35,6 +36,7 @@ from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKI
                              ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
 from selfmcp.search import SEARCH_MODES, Search, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
+from selfmcp.vault import Vault, missing_error
 
 __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallFailed", "ExecutionConfig",
            "ExecutionConfigError", "InvalidArgument", "InvalidAuthConfig", "InvalidBody", "InvalidCode",
@@ -163,10 +165,12 @@ class Registry:
 
     def __init__(self, db_path: str | os.PathLike[str], embedder: Embedder, *,
                  environ: Mapping[str, str] | None = None, python: str | None = None,
-                 execution: ExecutionConfig | None = None) -> None:
+                 execution: ExecutionConfig | None = None, secret_key: str | None = None) -> None:
         self.db_path = db_path
         self.environ = os.environ if environ is None else environ
         self.store = SkillStore(db_path)
+        self.vault = Vault(self.store, secret_key=secret_key)
+        self.links = SecretLinks()  # server.py gives it the base URL when it serves the secrets page
         self.search_index = Search(self.store, embedder)
         self._python = python
         self._execution = execution or ExecutionConfig()
@@ -362,7 +366,8 @@ class Registry:
         if not auth:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
         validate_auth_config(auth)  # again: a row stored before a rule existed may name a forbidden variable
-        return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(auth, self.environ)}
+        return {"skill_id": row["id"], "name": row["name"], **credentials.auth_instructions(
+            auth, self.environ, have=self.vault.values_for(row["id"], auth), url=self.links.offer(row["id"])[1])}
 
     # -- execution
 
@@ -395,19 +400,14 @@ class Registry:
                                     hint=f"Read params_schema with skill_get_detail(skill_id={row['id']}) and fix "
                                          f"{exc.path}.", path=exc.path, validator=exc.validator) from None
         auth = _loads(row["auth_config_json"], None)
-        missing = credentials.missing_env_vars(auth, self.environ)
+        secrets = self.vault.values_for(row["id"], auth) if auth else {}
+        missing = credentials.missing_env_vars(auth, self.environ, secrets)
         if missing:
-            hint = f"Call skill_auth_url(skill_id={row['id']}) for setup instructions."
-            replit = credentials.replit_secrets_url(self.environ)
-            if replit:
-                hint += f" On Replit, add the missing vars at: {replit}"
-            raise MissingCredentials(f"Skill {row['name']!r} needs {', '.join(missing)}, which "
-                                     f"{'is' if len(missing) == 1 else 'are'} not set on the server.",
-                                     hint=hint, missing=missing)
+            raise missing_error(row["id"], row["name"], missing, self.environ, *self.links.offer(row["id"]))
         run, files = folders.SkillFolders(self.store).runnable(row)
         return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json, timeout_s,
-                           tuple(_loads(row["dependencies_json"], [])),
-                           tuple(credentials.required_env_vars(auth)), files=files, script=run.script)
+                           tuple(_loads(row["dependencies_json"], [])), tuple(credentials.required_env_vars(auth)),
+                           files, run.script, secrets, core_skills.run_env(row, self.vault))
 
     async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
                       progress: Progress | None = None) -> dict[str, Any]:

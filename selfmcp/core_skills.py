@@ -7,9 +7,14 @@ renamed. Their bodies are standalone scripts: they run in a subprocess like any 
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
+from typing import TYPE_CHECKING
 
 from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
+
+if TYPE_CHECKING:
+    from selfmcp.vault import Vault
 
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (
@@ -20,9 +25,10 @@ ABOUT_SECTIONS: dict[str, str] = {
         "one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, scoring, "
         "re-embedding), runtime.py (runs and their history), errors.py (the error shape and codes), depenv.py "
         "(dependency environments), history.py (version summaries and diffs), redact.py, credentials.py, "
-        "schemas.py, skillmd.py, core_skills.py, serverlock.py, cli/ (the `selfmcp` command line), "
-        "embedders/, and remote/ (OAuth server, consent page, HTTP guard, transports). Imports flow one way: "
-        "server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it; "
+        "vault.py (encrypted per-skill keys), secret_links.py and skill_oauth.py (OAuth2 for skills), schemas.py, "
+        "skillmd.py, core_skills.py, serverlock.py, cli/ (the `selfmcp` command line), embedders/, and remote/ "
+        "(OAuth server, consent page, client metadata documents, secrets page, HTTP guard, transports). Imports "
+        "flow one way: server -> skills -> selfmcp -> db, embeddings, executor. `python3 server.py` starts it; "
         "`python3 server.py COMMAND` (or `selfmcp COMMAND`) runs the command line."
     ),
     "interface": (
@@ -78,10 +84,13 @@ ABOUT_SECTIONS: dict[str, str] = {
     ),
     "auth": (
         "A skill may declare auth_config: {type: api_key, env_var, instructions} or {type: oauth2, auth_url, "
-        "token_url, scopes, client_id_env, client_secret_env}. Before running, skill_execute checks that the "
-        "variables are set and otherwise returns error missing_credentials with the missing names; "
-        "skill_auth_url then gives setup instructions or a prefilled OAuth2 authorization URL (and on Replit "
-        "a link to the Secrets panel). Use the selfmcp_env_keys skill to see which credential variables exist "
+        "token_url, scopes, client_id_env, client_secret_env, token_env}. Before running, skill_execute checks "
+        "that each variable is set on the server or stored for the skill in the vault (encrypted with AES-GCM), "
+        "and otherwise returns error missing_credentials with the missing names and, over HTTP, a single-use "
+        "link to a page where the user enters the key (or connects an OAuth2 account; the access token then "
+        "arrives in token_env and is refreshed). Clients with URL-mode elicitation are asked to open the page "
+        "and the run goes on in the same call. On the server: selfmcp secrets set SKILL NAME. Use the "
+        "selfmcp_env_keys skill to see which credential variables exist "
         "(names only, never values). An auth_config may not name a SELFMCP_* variable, and "
         "client_id_env must name an OAuth client id (..._CLIENT_ID): its value is shown in the URL. The server "
         "itself is protected over HTTP on every address by SELFMCP_AUTH: oauth (the default: a built-in OAuth "
@@ -154,8 +163,18 @@ _ENV_KEYS_BODY = textwrap.dedent('''\
              for name, service in sorted(KNOWN_SERVICES.items())}
     detected = sorted(name for name in os.environ
                       if name not in KNOWN_SERVICES and PATTERN.match(name) and os.environ.get(name))
-    print(json.dumps({"known_services": known, "detected_credential_env_vars": detected}, indent=2))
+    vault = json.loads(os.environ.get("SELFMCP_VAULT_ENTRIES") or "[]")
+    print(json.dumps({"known_services": known, "detected_credential_env_vars": detected,
+                      "vault_entries": vault}, indent=2))
 ''')
+
+
+def run_env(row: sqlite3.Row, vault: Vault) -> dict[str, str]:
+    """Extra (non-secret) environment for a run of a core skill: selfmcp_env_keys gets the vault's entry names."""
+    if not (row["is_core"] and row["name"] == "selfmcp_env_keys"):
+        return {}
+    entries = [{"skill_id": e["skill_id"], "name": e["name"], "keys": e["keys"]} for e in vault.listing() if e["keys"]]
+    return {"SELFMCP_VAULT_ENTRIES": json.dumps(entries)}
 
 
 def _literal(value: object) -> str:
@@ -178,7 +197,8 @@ CORE_SKILLS: list[dict[str, str]] = [
         "description": (
             "List which API keys and credential environment variables are set on this selfMCP server "
             "(names only, never values): known_services with present/service, and "
-            "detected_credential_env_vars. Call before writing a skill that needs a key."
+            "detected_credential_env_vars, and vault_entries (skills with keys stored in the vault). Call before "
+            "writing a skill that needs a key."
         ),
         "body": (_ENV_KEYS_BODY.replace("__KNOWN__", _literal(KNOWN_SERVICES))
                  .replace("__PATTERNS__", _literal(list(CREDENTIAL_NAME_PATTERNS)))),

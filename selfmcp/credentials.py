@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import secrets
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 KNOWN_SERVICES: dict[str, str] = {
@@ -134,8 +134,10 @@ def required_env_vars(auth_config: Mapping[str, Any] | None) -> list[str]:
     return [n for n in names if n]
 
 
-def missing_env_vars(auth_config: Mapping[str, Any] | None, environ: Mapping[str, str]) -> list[str]:
-    return [n for n in required_env_vars(auth_config) if not environ.get(n)]
+def missing_env_vars(auth_config: Mapping[str, Any] | None, environ: Mapping[str, str],
+                     have: Collection[str] = ()) -> list[str]:
+    """Required variables neither the server's environment nor the skill's vault entries (`have`) provide."""
+    return [n for n in required_env_vars(auth_config) if not environ.get(n) and n not in have]
 
 
 def replit_secrets_url(environ: Mapping[str, str]) -> str | None:
@@ -145,9 +147,14 @@ def replit_secrets_url(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def auth_instructions(auth: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """How the user supplies what a (validated) auth_config needs: env vars, instructions, OAuth2 link."""
-    missing = missing_env_vars(auth, environ)
+def auth_instructions(auth: Mapping[str, Any], environ: Mapping[str, str], *, have: Collection[str] = (),
+                      url: str | None = None) -> dict[str, Any]:
+    """How the user supplies what a (validated) auth_config needs: env vars, instructions, OAuth2 link.
+
+    `have`: names the skill's vault entries provide; `url`: a link to this server's page where the user
+    enters the values (or, for OAuth2, connects the account), when the server can serve one.
+    """
+    missing = missing_env_vars(auth, environ, have)
     replit = replit_secrets_url(environ)
     where = f"add it in the Replit Secrets panel ({replit}) and restart" if replit else \
         "set it in the server's environment (or the env block of your MCP client config) and restart the server"
@@ -179,6 +186,18 @@ def auth_instructions(auth: Mapping[str, Any], environ: Mapping[str, str]) -> di
                                    + (f" and {auth['client_secret_env']}=<client secret>"
                                       if auth.get("client_secret_env") else "")
                                    + ". Call skill_auth_url again for the authorization link.")
+    if url:
+        out["url"] = url
+        if auth["type"] == "oauth2":
+            out["auth_url"] = url
+            out.pop("state", None)
+            out["instructions"] = ("Show the user this link: they open it, enter the owner password and connect "
+                                   "their account; selfMCP keeps the tokens encrypted for this skill and refreshes "
+                                   "them. It works once, for 10 minutes.")
+        else:
+            out["instructions"] = (f"{auth.get('instructions') or ''} Show the user this link: they open it, enter "
+                                   f"the owner password and {auth['env_var']}; it is stored encrypted for this skill "
+                                   "only. It works once, for 10 minutes.").strip()
     if replit:
         out["replit_secrets_url"] = replit
     return out

@@ -110,6 +110,13 @@ class Redactor:
                 pairs += [(name, value), (name, password)]
         return cls(pairs)
 
+    def including(self, secrets: Iterable[tuple[str, str]]) -> Redactor:
+        """This redactor with more (name, value) pairs; itself when there are none."""
+        extra = list(secrets)
+        if not extra:
+            return self
+        return Redactor([*((name, value) for value, name in self._raw), *extra])
+
     def __bool__(self) -> bool:
         return self._pattern is not None
 

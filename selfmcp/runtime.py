@@ -33,9 +33,9 @@ SKILL_ENV_MODES = ("inherit", "declared")
 # What a run gets under SELFMCP_SKILL_ENV=declared, besides the variables its auth_config names.
 DECLARED_BASELINE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSL_CERT_FILE", "SSL_CERT_DIR",
                          "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
-# The server's own credentials: a skill holding them could sign in as the owner, so no run
+# The server's own credentials: a skill holding them could sign in as the owner or open the vault, so no run
 # ever gets them, whatever SELFMCP_SKILL_ENV says.
-SERVER_ONLY_ENV = frozenset({"SELFMCP_AUTH_TOKEN", "SELFMCP_OWNER_PASSWORD"})
+SERVER_ONLY_ENV = frozenset({"SELFMCP_AUTH_TOKEN", "SELFMCP_OWNER_PASSWORD", "SELFMCP_SECRET_KEY"})
 
 Progress = Callable[[float, float | None, str], Awaitable[None]]
 
@@ -75,6 +75,9 @@ class PreparedRun:
     auth_vars: tuple[str, ...]
     files: Mapping[str, bytes] = field(default_factory=dict)  # the skill folder, written into the workdir
     script: str = "skill.py"  # where `code` sits in that folder
+    # The skill's vault values (selfmcp/vault.py): set in this run's environment over the server's, and redacted.
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    extra_env: Mapping[str, str] = field(default_factory=dict)  # not secret (e.g. the vault's entry names)
 
 
 class Runtime:
@@ -160,7 +163,7 @@ class Runtime:
         if self.refuses_runs:
             raise SandboxUnavailable(f"This server is reachable beyond loopback and cannot confine skill runs: "
                                      f"{self.sandbox.note}.")
-        redactor = self.redactor
+        redactor = self.redactor.including(prepared.secrets.items())
         started_at, started = now_text(), time.perf_counter()
 
         def elapsed() -> float:
@@ -181,7 +184,8 @@ class Runtime:
                                "installed_now": built.built_now}
                 if built.built_now:
                     environment["install_ms"] = built.build_ms
-            env = {**self.skill_environment(prepared.auth_vars), "SELFMCP_SANDBOX_INFO": self._sandbox_info}
+            env = {**self.skill_environment(prepared.auth_vars), "SELFMCP_SANDBOX_INFO": self._sandbox_info,
+                   **prepared.extra_env, **prepared.secrets}
             result = await self.runner.run(
                 prepared.code, prepared.params_json, env=env,
                 timeout_s=prepared.timeout_s, python=python, read_only=read_only, files=prepared.files,

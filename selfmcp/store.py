@@ -311,6 +311,40 @@ class Statements:
             """,
             (skill_id,)).fetchall()
 
+    # -- credentials (the vault's rows: values arrive already encrypted)
+
+    def credentials(self, skill_id: int) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            """
+            select key, value
+            from skill_credentials
+            where skill_id = ?
+            order by key
+            """,
+            (skill_id,)).fetchall()
+
+    def all_credentials(self) -> list[sqlite3.Row]:
+        return self.conn.execute(
+            """
+            select c.skill_id, s.name, c.key, c.value
+            from skill_credentials c
+            join skills s on s.id = c.skill_id
+            order by c.skill_id, c.key
+            """).fetchall()
+
+    def put_credential(self, skill_id: int, key: str, value: str, *, now: str) -> None:
+        self.conn.execute(
+            """
+            insert into skill_credentials(skill_id, key, value, created_at)
+            values (?, ?, ?, ?)
+            on conflict(skill_id, key) do update set value = excluded.value, created_at = excluded.created_at
+            """,
+            (skill_id, key, value, now))
+
+    def delete_credential(self, skill_id: int, key: str) -> bool:
+        return self.conn.execute("delete from skill_credentials where skill_id = ? and key = ?",
+                                 (skill_id, key)).rowcount > 0
+
 
 class SkillStore:
     """The skill tables of one database, read and written through `Statements`."""

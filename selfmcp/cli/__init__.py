@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import selfmcp.cli.commands  # noqa: F401 - registers the commands
+import selfmcp.cli.vault_commands  # noqa: F401 - registers `secrets`
 from selfmcp.cli.base import COMMANDS, FAILURE, OK, USAGE, Backend, CommandFailed, Context, Table, UsageError
 
 __all__ = ["Backend", "COMMANDS", "build_parser", "main"]

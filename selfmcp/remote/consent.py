@@ -18,7 +18,7 @@ import hmac
 import html
 import logging
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -75,7 +75,7 @@ def _consent_form(request: ConsentRequest, error: str | None = None) -> str:
 <h1>Allow <strong>{name}</strong> to use this selfMCP server?</h1>
 <p>If you allow it, you go back to <strong>{html.escape(request.redirect_host)}</strong>, and the client can
 search, create and run skills: Python code that runs on this server with its environment and API keys.</p>
-<p class="meta">Client id {html.escape(client.client_id)}</p>
+<p class="meta">Client id {html.escape(client.client_id)}</p>{_publisher(client.client_id)}
 {notice}
 <form method="post" action="/consent">
 <input type="hidden" name="request" value="{html.escape(request.id)}">
@@ -87,6 +87,15 @@ search, create and run skills: Python code that runs on this server with its env
 <button type="submit" name="action" value="deny" formnovalidate>Deny</button>
 </div>
 </form>"""
+
+
+def _publisher(client_id: str) -> str:
+    """For a client metadata document (CIMD): the host that published the client's name and redirect URIs."""
+    parts = urlsplit(client_id)
+    if parts.scheme != "https" or not parts.hostname:
+        return ""
+    return (f'<p class="meta">Client described by <strong>{html.escape(parts.netloc)}</strong> '
+            f"(its client metadata document)</p>")
 
 
 def _cookie_name(request: ConsentRequest) -> str:

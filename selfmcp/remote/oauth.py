@@ -60,6 +60,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import db
+from selfmcp.remote import cimd
 from selfmcp.remote.http_security import is_loopback
 
 log = logging.getLogger("selfmcp.oauth")
@@ -224,7 +225,8 @@ class OAuthProvider:
     """The SDK's OAuthAuthorizationServerProvider, backed by the program's SQLite `Database`."""
 
     def __init__(self, database: db.Database | Path, *, issuer_url: str, resource_url: str, static_token: str | None = None,
-                 owner_password: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 owner_password: str | None = None, clock: Callable[[], float] = time.time,
+                 cimd_resolver: cimd.ClientMetadataResolver | None = None) -> None:
         self.db = db.Database.of(database)
         self.issuer_url = issuer_url
         self.resource_url = resource_url
@@ -232,6 +234,7 @@ class OAuthProvider:
         # A password from the environment is hashed in memory only; otherwise the stored hash is used.
         self._env_password_hash = hash_password(owner_password) if owner_password else None
         self.clock = clock
+        self.cimd = cimd_resolver  # client ids that are https URLs of client metadata documents
         self._consents: dict[str, ConsentRequest] = {}
         # Each scrypt check takes 16 MiB: at most two at once, however many forms arrive.
         self._password_checks = anyio.CapacityLimiter(2)
@@ -242,7 +245,20 @@ class OAuthProvider:
     # -- clients
 
     async def get_client(self, client_id: str) -> OAuthClientInformationFull | None:
+        if self.cimd is not None and cimd.is_metadata_url(client_id):
+            client = await self.cimd.client(client_id)
+            if client is not None:  # codes and tokens refer to a client row
+                await self._run(self._remember_client, client)
+            return client
         return await self._run(self._get_client, client_id)
+
+    def _remember_client(self, client: OAuthClientInformationFull) -> None:
+        with self.db.write() as conn:
+            conn.execute("""
+                insert into oauth_clients (client_id, info_json, created_at)
+                values (?, ?, ?)
+                on conflict(client_id) do update set info_json = excluded.info_json
+            """, (client.client_id, client.model_dump_json(exclude_none=True), int(self.clock())))
 
     def _get_client(self, client_id: str) -> OAuthClientInformationFull | None:
         with self.db.read() as conn:
@@ -349,6 +365,10 @@ class OAuthProvider:
             log.error("no owner password is set up; restart the server or set SELFMCP_OWNER_PASSWORD")
             return False
         return await anyio.to_thread.run_sync(verify_password, password, stored, limiter=self._password_checks)
+
+    def has_owner_password(self) -> bool:
+        """Whether an owner password exists (SELFMCP_OWNER_PASSWORD, or the stored one); blocking."""
+        return self._env_password_hash is not None or self._stored_password_hash() is not None
 
     def _stored_password_hash(self) -> str | None:
         with self.db.read() as conn:
@@ -576,7 +596,7 @@ class RemoteAuth:
 
     @classmethod
     def create(cls, mode: str, *, base_url: str, mcp_path: str, database: db.Database | Path, auth_token: str | None,
-               owner_password: str | None) -> RemoteAuth:
+               owner_password: str | None, cimd_loopback: bool = False) -> RemoteAuth:
         resource_url = base_url + mcp_path
         auth = cls(mode=mode, base_url=base_url, resource_url=resource_url)
         if mode == "none":
@@ -591,7 +611,8 @@ class RemoteAuth:
             auth.server_kwargs = {"token_verifier": auth.verifier, "auth": AuthSettings(**settings)}
             return auth
         auth.provider = OAuthProvider(database, issuer_url=base_url, resource_url=resource_url,
-                                      static_token=auth_token, owner_password=owner_password)
+                                      static_token=auth_token, owner_password=owner_password,
+                                      cimd_resolver=cimd.ClientMetadataResolver(allow_loopback=cimd_loopback))
         auth.server_kwargs = {"auth_server_provider": auth.provider, "auth": AuthSettings(
             **settings, client_registration_options=ClientRegistrationOptions(enabled=True),
             revocation_options=RevocationOptions(enabled=True))}

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from mcp.server.auth.routes import cors_middleware
 
-from selfmcp.remote import oauth, stdio_transport
+from selfmcp.remote import cimd, oauth, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
 from selfmcp.remote.oauth import PublicRevocation, RemoteAuth
 
@@ -31,6 +31,9 @@ def http_app(mcp: MCPServer, *, transport: str, host: str, hosts: HostAllowList,
         revoke = Route("/revoke", endpoint=cors_middleware(PublicRevocation(remote.provider).handle, ["POST", "OPTIONS"]),
                        methods=["POST", "OPTIONS"])
         app.router.routes[:] = [revoke if getattr(r, "path", None) == "/revoke" else r for r in app.router.routes]
+        if remote.provider.cimd is not None:  # client ids that are metadata document URLs
+            cimd.advertise(app, remote.server_kwargs["auth"])
+            app = cimd.CIMDGuard(app, remote.provider.cimd)
     return RequestGuard(app, hosts, proxies_trusted=bool(proxies))
 
 
