@@ -1,8 +1,13 @@
 """SQLite storage for selfMCP: schema, migrations, connections, transactions.
 
 No business rules live here. `connect()` gives a connection configured the same way
-every time (WAL, busy timeout, foreign keys, explicit transactions); `migrate()` brings
-the schema to the newest version, one numbered step at a time.
+every time (WAL, busy timeout, foreign keys, explicit transactions, a bounded write-ahead
+log); `migrate()` brings the schema to the newest version, one numbered step at a time.
+
+`Database` is the one connection policy, and the guard of the file: it refuses to open a file
+that is not a healthy selfMCP database (`OpenFailed`, one line saying what to do), and refuses
+writes (`StorageUnavailable`) once the file at its path was removed, replaced or overwritten, so
+no write is acknowledged into a file that a restart would not find.
 
 The file holds OAuth clients and token hashes and every skill, so it is the owner's alone:
 `connect()` creates a missing directory 0700 and the file 0600 before SQLite opens it (SQLite
@@ -26,11 +31,26 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("selfmcp.db")
+
 BUSY_TIMEOUT_MS = 5000
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+# A committed write survives power loss (WAL with synchronous=full syncs the log on every commit).
+SYNCHRONOUS = "full"
+# Checkpoint every ~1 MiB of log and cut the log back to 1 MiB after one: a burst of writes on a
+# small disk cannot leave a log so large that the database file has no room to take it back.
+WAL_AUTOCHECKPOINT_PAGES = 256
+JOURNAL_SIZE_LIMIT_BYTES = 1 << 20
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
-log = logging.getLogger("selfmcp.db")
+
+class StorageUnavailable(sqlite3.OperationalError):
+    """The database file is gone, replaced or overwritten: writes are refused rather than lost."""
+
+
+class OpenFailed(Exception):
+    """The database cannot be opened; the message is one line: what is wrong and what to do."""
 
 
 @dataclass(frozen=True)
@@ -249,7 +269,9 @@ def connect(path: str | os.PathLike[str], *, migrate_schema: bool = True) -> sql
     conn.row_factory = sqlite3.Row
     conn.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("pragma journal_mode = wal")
-    conn.execute("pragma synchronous = normal")
+    conn.execute(f"pragma synchronous = {SYNCHRONOUS}")
+    conn.execute(f"pragma wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+    conn.execute(f"pragma journal_size_limit = {JOURNAL_SIZE_LIMIT_BYTES}")
     conn.execute("pragma foreign_keys = on")
     # Keep the FTS index and hot pages in memory: keyword search reads many doclists.
     conn.execute("pragma cache_size = -65536")
@@ -281,9 +303,53 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("rollback")
+        # SQLite has already rolled back after some errors (SQLITE_FULL, SQLITE_IOERR); a second
+        # rollback would raise and hide the error that matters.
+        if conn.in_transaction:
+            conn.execute("rollback")
         raise
-    conn.execute("commit")
+    try:
+        conn.execute("commit")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("rollback")
+        raise
+
+
+def describe_open_failure(path: str | os.PathLike[str], exc: BaseException) -> str:
+    """One line for a database that cannot be opened: what is wrong and what to do. The file is never touched."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    untouched = "the file was left as it is"
+    if code == sqlite3.SQLITE_NOTADB:
+        return (f"{path} is not a SQLite database (damaged or overwritten): move it aside and restore a backup, "
+                f"or start with a new path; {untouched}.")
+    if code == sqlite3.SQLITE_CORRUPT:
+        return (f"{path} is damaged ({exc}): move it aside and restore a backup (`sqlite3 {path} .recover` may "
+                f"save what is left); {untouched}.")
+    if code == sqlite3.SQLITE_FULL:
+        return f"the disk holding {path} is full: free some space and start again; {untouched}."
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return f"{path} is locked by another process: stop the other server using it and start again."
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM) or isinstance(exc, OSError):
+        return (f"{path} cannot be opened for writing ({exc}): make sure its directory exists and this user may "
+                f"write the file and create {Path(path).name}-wal and {Path(path).name}-shm beside it.")
+    return f"{path} cannot be opened ({exc}); {untouched}."
+
+
+def open_checked(path: str | os.PathLike[str]) -> None:
+    """Check that `path` is a healthy database (creating it if absent) and migrate it; raise OpenFailed if not."""
+    if str(path) != ":memory:" and Path(path).is_dir():
+        raise OpenFailed(f"{path} is a directory: give the path of a database file, e.g. {Path(path) / 'selfmcp.db'}.")
+    try:
+        with contextlib.closing(connect(path, migrate_schema=False)) as conn:
+            verdict = [row[0] for row in conn.execute("pragma quick_check(3)")]
+            if verdict != ["ok"]:
+                found = " ".join(" ".join(verdict).split())[:200]  # one line, however SQLite words it
+                raise OpenFailed(f"{path} is damaged (integrity check: {found}): move it aside and "
+                                 f"restore a backup; the file was left as it is.")
+            migrate(conn)
+    except (sqlite3.Error, OSError) as exc:
+        raise OpenFailed(describe_open_failure(path, exc)) from exc
 
 
 class Database:
@@ -292,6 +358,11 @@ class Database:
     MCPServer runs sync tools in worker threads and a connection must stay in the thread that made it;
     keeping one per thread spares every call the cost of opening and configuring a new one. The skill
     store and the OAuth store share one `Database`, so no request ever runs a migration.
+
+    It also watches the file: a descriptor held open since the start tells whether the path still
+    names the same file with an SQLite header (`problem()`); `write()` checks that first and raises
+    StorageUnavailable otherwise, and a full disk triggers a checkpoint so writes resume once space
+    is back.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, migrate_schema: bool = True) -> None:
@@ -299,14 +370,26 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+        self._reported: str | None = None
         if migrate_schema:
-            with contextlib.closing(connect(path, migrate_schema=True)):
-                pass
+            open_checked(path)
+            self._watch()
 
     @classmethod
     def of(cls, source: Database | str | os.PathLike[str]) -> Database:
         """`source` itself when it is a Database, else a Database opened on that path."""
         return source if isinstance(source, Database) else cls(source)
+
+    def _watch(self) -> None:
+        """Hold the file open to know it again (never closed before the connections: POSIX locks)."""
+        if self._fd is not None or str(self.path) == ":memory:":
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            st = os.fstat(fd)
+            self._fd, self._identity = fd, (st.st_dev, st.st_ino)
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection, opened on first use."""
@@ -315,7 +398,38 @@ class Database:
             conn = self._local.conn = connect(self.path, migrate_schema=False)
             with self._lock:
                 self._all.append(conn)
+                self._watch()
         return conn
+
+    def problem(self) -> str | None:
+        """Why writes would not be durable (file removed, replaced, overwritten), or None when all is well."""
+        if self._fd is None:
+            return None
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) != self._identity:
+                problem = f"the database file {self.path} was replaced by another file while the server was running"
+            elif os.pread(self._fd, len(SQLITE_MAGIC), 0) != SQLITE_MAGIC:
+                problem = f"the database file {self.path} was overwritten while the server was running"
+            else:
+                problem = None
+        except FileNotFoundError:
+            problem = f"the database file {self.path} was removed while the server was running"
+        except OSError as exc:
+            problem = f"the database file {self.path} cannot be checked ({exc.strerror})"
+        if problem != self._reported:
+            self._reported = problem
+            if problem:
+                log.error("%s; writes are refused until it is restored and the server restarted", problem)
+            else:
+                log.warning("the database file %s is back; writes are accepted again", self.path)
+        return problem
+
+    def check(self) -> None:
+        """Raise StorageUnavailable when the file at the path is not the one this process writes."""
+        problem = self.problem()
+        if problem:
+            raise StorageUnavailable(f"{problem[0].upper()}{problem[1:]}; writes are refused so that none is lost.")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -324,13 +438,32 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """This thread's connection inside `BEGIN IMMEDIATE` ... `COMMIT` (`ROLLBACK` if the block raises)."""
-        with transaction(self.connection()) as conn:
-            yield conn
+        self.check()
+        conn = self.connection()
+        try:
+            with transaction(conn):
+                yield conn
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+                self.checkpoint()  # move the log into the file, so the next write has room once space is back
+            raise
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the database and truncate it; False when that could not finish now."""
+        try:
+            busy, _, _ = self.connection().execute("pragma wal_checkpoint(truncate)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("checkpoint failed: %s", exc)
+            return False
+        return not busy
 
     def close(self) -> None:
-        """Close every connection this Database opened (in any thread)."""
+        """Close every connection this Database opened (in any thread), then the watched file."""
         with self._lock:
             conns, self._all = self._all, []
         for conn in conns:
             conn.close()
         self._local = threading.local()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -9,7 +9,6 @@ failure becomes the error payload; `main()` picks the transport. Run it with `py
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 import sqlite3
@@ -24,12 +23,16 @@ from pydantic import Field, ValidationError
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.shared.exceptions import MCPError
+from mcp.types import ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import cli, redact, serverlock
-from selfmcp.errors import InvalidFiles, error_body
+from selfmcp import cli, config, redact, serverlock, upkeep
+from selfmcp.config import ConfigError
+from selfmcp.core_skills import INSTRUCTIONS
+from selfmcp.errors import (DatabaseOpenFailed, InternalError, UnknownTool, argument_error, error_result,
+                            storage_error)
 from selfmcp.extension import SkillsServerMixin
 from selfmcp.folders import FILES_HELP
 from selfmcp.remote import consent, http_security, oauth, secrets_page, serving, stdio_transport
@@ -38,21 +41,6 @@ log = logging.getLogger("selfmcp")
 
 TRANSPORTS = ("streamable-http", "sse", "stdio")
 
-INSTRUCTIONS = """\
-selfMCP is a registry of reusable skills (small Python programs or SKILL.md documents) that you can \
-search, run, and extend. Workflow:
-1. skill_list_summary for a cheap table of contents (paged; a total count tells you how many exist).
-2. skill_search(query) to find skills for the task at hand.
-3. skill_get_detail(skill_id) to read a promising skill's body, parameters and auth needs.
-4. skill_execute(skill_id, params) to run it; params arrive in the skill as JSON in SELFMCP_PARAMS.
-When nothing fits, write a skill and store it with skill_create so it is there next time; improve it \
-with skill_update. If a run fails with missing_credentials, call skill_auth_url and show the user its \
-instructions. Run the core skill selfmcp_env_keys to see which API keys the server has before writing \
-a skill that needs one, and selfmcp_about for how this server works."""
-
-
-class ConfigError(ValueError):
-    """An environment setting with a value the server cannot use."""
 
 
 @dataclass
@@ -106,8 +94,8 @@ class Settings:
             use_litellm=bool(env.get("OPENAI_API_KEY") or env.get("SELFMCP_USE_LITELLM")),
             log_level=level,
             environ=env,
-            **_remote_settings(env, transport, host, port),
-            execution=_execution_settings(env, public=transport != "stdio" and not http_security.is_loopback(host)),
+            **config.remote_settings(env, transport, host, port),
+            execution=config.execution_settings(env, public=transport != "stdio" and not http_security.is_loopback(host)),
         )
 
     @property
@@ -124,117 +112,17 @@ class Settings:
         return http_security.HostAllowList.for_server(self.host, self.base_url, self.allowed_hosts)
 
 
-def _execution_settings(env: Mapping[str, str], *, public: bool = False) -> skills.ExecutionConfig:
-    """SELFMCP_ENV_DIR, _EXEC_MEMORY_MB, _EXEC_MAX_OUTPUT, _EXEC_CONCURRENCY, _EXEC_MAX_PROCS, _EXEC_DISK_MB,
-    _SANDBOX, _SANDBOX_NETWORK, _SKILL_ENV, _ALLOW_SOURCE_BUILDS; `public`: unconfined runs are refused."""
-
-    def number(name: str, default: int, low: int) -> int:
-        text = env.get(name, "").strip()
-        if not text:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            value = low - 1
-        if value < low:
-            raise ConfigError(f"{name}={text!r} is not a whole number of at least {low}.")
-        return value
-
-    sandbox = (env.get("SELFMCP_SANDBOX") or "auto").strip().lower()
-    if sandbox not in ("auto", "bwrap", "landlock", "none"):
-        raise ConfigError(f"SELFMCP_SANDBOX={sandbox!r} is not one of auto, bwrap, landlock, none.")
-    builds = (env.get("SELFMCP_ALLOW_SOURCE_BUILDS") or "0").strip().lower()
-    if builds not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ConfigError(f"SELFMCP_ALLOW_SOURCE_BUILDS={builds!r} is not 0 or 1.")
-    network = (env.get("SELFMCP_SANDBOX_NETWORK") or "1").strip().lower()
-    if network not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ConfigError(f"SELFMCP_SANDBOX_NETWORK={network!r} is not 0 or 1.")
-    skill_env = (env.get("SELFMCP_SKILL_ENV") or "inherit").strip().lower()
-    if skill_env not in skills.SKILL_ENV_MODES:
-        raise ConfigError(f"SELFMCP_SKILL_ENV={skill_env!r} is not one of {', '.join(skills.SKILL_ENV_MODES)}.")
-    return skills.ExecutionConfig(
-        env_dir=Path(env["SELFMCP_ENV_DIR"]) if env.get("SELFMCP_ENV_DIR") else None,
-        memory_mb=number("SELFMCP_EXEC_MEMORY_MB", 1024, 0),
-        max_output_bytes=number("SELFMCP_EXEC_MAX_OUTPUT", 1 << 20, 1),
-        concurrency=number("SELFMCP_EXEC_CONCURRENCY", 4, 1),
-        sandbox=sandbox,
-        sandbox_network=network in ("1", "true", "yes", "on"),
-        skill_env=skill_env,
-        max_processes=number("SELFMCP_EXEC_MAX_PROCS", 128, 1),
-        workdir_mb=number("SELFMCP_EXEC_DISK_MB", 256, 1),
-        allow_source_builds=builds in ("1", "true", "yes", "on"),
-        public_bind=public,
-    )
-
-
-def _remote_settings(env: Mapping[str, str], transport: str, host: str, port: int) -> dict[str, Any]:
-    """SELFMCP_AUTH(_TOKEN), _OWNER_PASSWORD, _PUBLIC_URL (or Replit's domain), _ALLOWED_HOSTS, _TRUSTED_PROXIES."""
-    token = env.get("SELFMCP_AUTH_TOKEN") or None
-    mode = (env.get("SELFMCP_AUTH") or "").strip().lower()
-    if mode and mode not in oauth.AUTH_MODES:
-        raise ConfigError(f"SELFMCP_AUTH={mode!r} is not one of {', '.join(oauth.AUTH_MODES)}.")
-    loopback = http_security.is_loopback(host)
-    if transport == "stdio":
-        mode = "none"
-    elif not mode:
-        mode = "token" if token and loopback else "oauth"
-    if mode == "token" and not token:
-        raise ConfigError("SELFMCP_AUTH=token needs SELFMCP_AUTH_TOKEN: a long random string clients send as "
-                          "'Authorization: Bearer <token>'.")
-    replit_domains = [d.strip() for d in [*env.get("REPLIT_DOMAINS", "").split(","), env.get("REPLIT_DEV_DOMAIN", "")]
-                      if d.strip()]
-    try:
-        public_url = (http_security.normalize_public_url(env["SELFMCP_PUBLIC_URL"]) if env.get("SELFMCP_PUBLIC_URL")
-                      else http_security.replit_public_url(env.get("REPLIT_DOMAINS"), env.get("REPLIT_DEV_DOMAIN")))
-    except ValueError as exc:
-        raise ConfigError(f"SELFMCP_PUBLIC_URL: {exc}.") from None
-    base = public_url or http_security.default_public_url(host, port)
-    if mode == "oauth" and not http_security.is_secure_origin(base):
-        raise ConfigError(f"OAuth needs an https address, and clients would reach this server at {base}: set "
-                          "SELFMCP_PUBLIC_URL=https://... (behind a TLS proxy), or use SELFMCP_AUTH=token.")
-    extra = [h.strip() for h in env.get("SELFMCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
-    try:
-        proxies = http_security.parse_trusted_proxies(env.get("SELFMCP_TRUSTED_PROXIES", ""))
-    except ValueError as exc:
-        raise ConfigError(f"SELFMCP_TRUSTED_PROXIES: {exc}.") from None
-    return {"auth": mode, "auth_token": token, "owner_password": env.get("SELFMCP_OWNER_PASSWORD") or None,
-            "public_url": public_url, "allowed_hosts": tuple(extra + replit_domains), "trusted_proxies": proxies,
-            "secret_key": env.get("SELFMCP_SECRET_KEY") or None,
-            "cimd_loopback": env.get("SELFMCP_CIMD_LOOPBACK") == "1"}
-
-
 # ------------------------------------------------------------------------------ errors
-
-def error_result(payload: dict[str, Any]) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
-                          structured_content=payload, is_error=True)
-
-
-# Arguments the SDK rejects against the input schema get the same codes the registry uses.
-_ARGUMENT_CODES: dict[str, type[skills.SkillError]] = {
-    "name": skills.InvalidName, "description": skills.InvalidDescription, "body": skills.InvalidBody,
-    "dependencies": skills.InvalidDependency, "auth_config": skills.InvalidAuthConfig,
-    "params": skills.InvalidParams, "timeout": skills.InvalidTimeout, "mode": skills.InvalidMode,
-    "top_k": skills.InvalidTopK, "query": skills.InvalidQuery, "cursor": skills.InvalidCursor,
-    "limit": skills.InvalidLimit, "params_schema": skills.InvalidParamsSchema, "files": InvalidFiles,
-}
-
 
 def failure_payload(exc: BaseException) -> dict[str, Any] | None:
     """The error payload for what a tool call raised (None: not a failure we know how to explain)."""
     if isinstance(exc, skills.SkillError):
         return exc.payload()
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        field_name = str(first["loc"][0]) if first.get("loc") else ""
-        cls = _ARGUMENT_CODES.get(field_name, skills.InvalidArgument)
-        fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
-        return error_body(cls.code, f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.",
-                          cls.hint, fields=fields)
-    if isinstance(exc, sqlite3.OperationalError):
+        return argument_error(exc)
+    if isinstance(exc, sqlite3.Error):
         log.warning("storage error: %s", exc)
-        return error_body("storage_unavailable", "The skill database could not complete the request.",
-                          "Retry in a moment; if it persists, check the server log and SELFMCP_DB_PATH.")
+        return storage_error(exc).payload()
     return None
 
 
@@ -249,19 +137,30 @@ class SelfMCPServer(SkillsServerMixin, MCPServer):
         self.install_skills()  # the Skills-over-MCP extension, skill:// resources, knowledge-skill prompts
 
     async def call_tool(self, name: str, arguments: dict[str, Any], context: Context | None = None):
+        """Every failure becomes `{error, message, hint}`: internal_error (logged, never shown) as the last resort."""
         try:
             return self.redactor.redact_tool_result(await super().call_tool(name, arguments, context))
-        except ToolError as exc:
-            payload = failure_payload(exc.__cause__) if exc.__cause__ is not None else None
+        except MCPError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one conversion of any failure; cancellation is not caught
+            if isinstance(exc, ToolError) and exc.__cause__ is None and self._tool_manager.get_tool(name) is None:
+                return self.redactor.redact_tool_result(error_result(UnknownTool(f"No tool named {name!r}.").payload()))
+            cause = exc.__cause__ if isinstance(exc, ToolError) and exc.__cause__ is not None else exc
+            while isinstance(cause, ToolError) and cause.__cause__ is not None:  # a nested tool's wrapper
+                cause = cause.__cause__
+            payload = failure_payload(cause)
             if payload is None:
-                raise
+                log.error("tool %r failed unexpectedly", name, exc_info=cause)
+                payload = InternalError(f"{name} failed because of an unexpected error in the server.").payload()
             return self.redactor.redact_tool_result(error_result(payload))
 
 
 # ------------------------------------------------------------------------------- tools
 
-SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.")]
-Version = Annotated[int | None, Field(ge=1, description="A version number, from skill_get_detail's `versions`.")]
+SkillId = Annotated[int, Field(description="The skill's numeric id, from skill_list_summary or skill_search.",
+                               strict=True, ge=skills.MIN_SKILL_ID, le=skills.MAX_SKILL_ID)]  # strict: no "1"/true
+Version = Annotated[int | None, Field(ge=1, le=skills.MAX_SKILL_ID, strict=True,
+                                      description="A version number, from skill_get_detail's `versions`.")]
 READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
 
@@ -314,7 +213,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         history kept, version continues). A skill with no code to run (no ```python block, no scripts/main.py
         or `metadata.entrypoint` script in files) is a knowledge skill. Errors: skill_exists, invalid_name,
         invalid_description, invalid_body, invalid_code (syntax error, with the line), invalid_frontmatter,
-        invalid_files, invalid_dependency, invalid_auth_config, invalid_params_schema.
+        invalid_files, invalid_dependency, invalid_auth_config, invalid_params_schema (e.g. a
+        $ref outside the schema), storage_full, storage_unavailable.
         """
         return registry.create(name, description, body, dependencies, auth_config, params_schema, files=files)
 
@@ -345,7 +245,7 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
         """Soft-delete a skill: it disappears from search and listings, its history is kept.
 
         skill_create with the same name later reactivates it (same id, version continues).
-        Returns {id, name, version, deleted}. Errors: skill_not_found, cannot_delete_core_skill.
+        Returns {id, name, version, deleted}. Errors: skill_not_found, cannot_delete_core_skill, invalid_argument.
         """
         return registry.delete(skill_id)
 
@@ -431,8 +331,8 @@ def create_server(settings: Settings, registry: skills.Registry | None = None) -
     async def health(request):  # noqa: ANN001 - Starlette request
         from starlette.responses import JSONResponse
 
-        count = await anyio.to_thread.run_sync(registry.count_active)
-        return JSONResponse({"status": "ok", "skills": count, "transport": settings.transport})
+        status, body = await anyio.to_thread.run_sync(upkeep.health, registry.store)  # 503 when the database cannot serve
+        return JSONResponse({**body, "transport": settings.transport}, status_code=status)
 
     if settings.transport != "stdio":
         consent.add_routes(mcp, remote)  # consent page, root resource metadata, landing
@@ -460,20 +360,22 @@ def main(argv: list[str] | None = None) -> int:
     # Before anything is imported or seeded: a library that prints (LiteLLM's logger does)
     # must not write into the protocol stream.
     protocol_fds = stdio_transport.claim_stdio() if settings.transport == "stdio" else None
-    serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
     logging.basicConfig(level=settings.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     redact.install_log_redaction(redact.Redactor.from_environ(settings.environ))
-    mcp = create_server(settings)
+    try:
+        serving_lock = serverlock.hold_while_serving(settings.db_path)  # `selfmcp restore` checks it  # noqa: F841
+        mcp = create_server(settings)
+    except (DatabaseOpenFailed, sqlite3.Error, OSError) as exc:
+        return serving.database_fault(settings.db_path, exc)
     registry: skills.Registry = mcp.registry
     try:
         execution = registry.runtime().describe()
     except skills.ExecutionConfigError as exc:
         print(f"selfmcp: configuration error: {exc}", file=sys.stderr)
         return 2
-    registry.reembed_in_background()
-    log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path,
-             registry.embedder.model_id)
+    upkeep.start(registry.store.db, registry.search_index)  # now (re-embedding what is missing), then every 30 s
+    log.info("selfMCP: %s, database %s, embeddings %s", settings.transport, settings.db_path, registry.embedder.model_id)
     serving.log_execution(execution)
     if protocol_fds is not None:
         anyio.run(serving.serve_stdio, mcp, protocol_fds)

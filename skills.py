@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,7 +35,8 @@ from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, Depend
                             VersionConflict as VersionConflict, VersionNotFound as VersionNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
                              ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
-from selfmcp.search import SEARCH_MODES, Search, split_words as split_words
+from selfmcp.schemas import validated_schema as validate_params_schema
+from selfmcp.search import SEARCH_MODES, UPDATE_ATTEMPTS, Search, TextMoved, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
 from selfmcp.vault import Vault, missing_error
 
@@ -48,6 +50,7 @@ __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallF
 log = logging.getLogger("selfmcp.skills")
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: `$` would let "weather\n" through
+_CURSOR_RE = re.compile(r"[0-9]{1,19}")  # not str.isdigit(): it accepts '²' and '①', which int() refuses
 MAX_BODY_BYTES = 256 * 1024
 MAX_DESCRIPTION_BYTES = 4 * 1024
 MAX_PARAMS_BYTES = 1024 * 1024
@@ -56,6 +59,7 @@ MAX_DEPENDENCIES = 64
 MIN_TIMEOUT_S, MAX_TIMEOUT_S = 1, 600
 DEFAULT_TIMEOUT_S = 30
 MAX_TOP_K = 50
+MIN_SKILL_ID, MAX_SKILL_ID = -(2**63), 2**63 - 1  # SQLite's INTEGER range: no row has a larger id
 SUMMARY_DEFAULT_LIMIT = 100
 SUMMARY_MAX_LIMIT = 1000
 
@@ -89,8 +93,8 @@ def validate_body(body: Any) -> skillmd.ParsedBody:
             compile(parsed.code, "<skill>", "exec")
         except SyntaxError as exc:
             raise InvalidCode(f"Python syntax error at line {exc.lineno}: {exc.msg}.", line=exc.lineno) from None
-        except ValueError as exc:  # e.g. a NUL byte in the source
-            raise InvalidCode(f"The code cannot be compiled: {exc}.") from None
+        except (ValueError, RecursionError, MemoryError) as exc:  # a NUL byte; nesting that overflows the compiler
+            raise InvalidCode(f"The code cannot be compiled: {exc or 'it is nested too deeply'}.") from None
     return parsed
 
 
@@ -112,23 +116,11 @@ def validate_dependencies(dependencies: Any) -> list[str]:
 def validate_auth_config(auth_config: Any) -> dict[str, Any] | None:
     if auth_config is None or auth_config == {}:
         return None
+    _json_text(auth_config, InvalidAuthConfig, "auth_config")
     problem = credentials.auth_config_problem(auth_config)
     if problem:
         raise InvalidAuthConfig(problem)
     return auth_config
-
-
-def validate_params_schema(schema: Any) -> dict[str, Any] | None:
-    if schema is None or schema == {}:
-        return None
-    if not isinstance(schema, dict):
-        raise InvalidParamsSchema(f"params_schema must be a JSON Schema object, not {type(schema).__name__}.")
-    try:
-        schemas.check_schema(schema)
-    except schemas.SchemaProblem as exc:
-        raise InvalidParamsSchema(f"params_schema is not a valid JSON Schema at {exc.path}: {exc.message}",
-                                  path=exc.path) from None
-    return schema
 
 
 def validate_params(params: Any) -> str:
@@ -137,7 +129,7 @@ def validate_params(params: Any) -> str:
         params = {}
     if not isinstance(params, dict):
         raise InvalidParams(f"params must be a JSON object, not {type(params).__name__}.")
-    text = json.dumps(params, ensure_ascii=False)
+    text = _json_text(params, InvalidParams, "params")
     if len(text.encode("utf-8")) > MAX_PARAMS_BYTES:
         raise InvalidParams(f"params are {len(text.encode())} bytes as JSON; the limit is 1 MiB.")
     return text
@@ -148,6 +140,14 @@ def validate_timeout(timeout: Any) -> float:
             MIN_TIMEOUT_S <= timeout <= MAX_TIMEOUT_S):
         raise InvalidTimeout(f"Invalid timeout {timeout!r}.")
     return float(timeout)
+
+
+def _json_text(value: Any, error: type[SkillError], what: str) -> str:
+    """`value` as JSON text; `error` when it nests past the recursion limit or holds an integer over 4300 digits."""
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        raise error(f"{what} is nested too deeply or holds a number too large to store.") from None
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -183,8 +183,8 @@ class Registry:
 
     @staticmethod
     def _active_row(tx: Statements, skill_id: Any) -> Any:
-        if isinstance(skill_id, bool) or not isinstance(skill_id, int):
-            raise InvalidArgument(f"Invalid skill id {skill_id!r}; ids are integers.",
+        if isinstance(skill_id, bool) or not isinstance(skill_id, int) or not MIN_SKILL_ID <= skill_id <= MAX_SKILL_ID:
+            raise InvalidArgument(f"Invalid skill id {skill_id!r}; ids are integers of at most 64 bits.",
                                   hint="Pass the numeric id from skill_list_summary or skill_search.")
         row = tx.skill(skill_id)
         if row is None or not row["is_active"]:
@@ -248,39 +248,38 @@ class Registry:
         if "name" in patch and patch["name"] != current["name"] and current["is_core"]:
             raise CannotRenameCoreSkill(f"{current['name']!r} is a core skill and cannot be renamed.")
         new_files = folders.SkillFolders(self.store).merged_files(current, files, body, patch)
-        new_name, new_description = patch.get("name", current["name"]), patch.get("description", current["description"])
-        frontmatter = (parsed or skillmd.parse_body(current["body"])).frontmatter
-        entry = self.search_index.prepare(new_name, new_description, frontmatter, embed=False)
-        with self.store.read() as tx:
-            if not self.search_index.has_current_vector(tx, skill_id, entry.text_hash):
-                entry = self.search_index.prepare(new_name, new_description, frontmatter)
-        now = now_text()
-        with self.store.write() as tx:
-            row = self._active_row(tx, skill_id)
-            history.check_expected(row, expected_version)
-            if "name" in patch and patch["name"] != row["name"]:
-                clash = tx.other_skill_named(patch["name"], skill_id)
-                if clash is not None:
-                    raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}.",
-                                      hint="Choose another name (case does not count); deleted skills keep theirs.",
-                                      skill_id=clash["id"])
-            changed = history.changed_fields(row, patch, restored=restore_version is not None)
-            tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
-            tx.patch_skill(skill_id, patch, now=now)
-            folders.write_files(tx, patch.get("name"), skill_id, new_files)
-            new = tx.skill(skill_id)
-            tx.record_version(skill_id, now=now, restored_from=restore_version)
-            if (new["name"], new["description"], new["body"]) != (new_name, new_description,
-                                                                   patch.get("body", current["body"])):
-                # A concurrent update changed the text between our read and this transaction.
-                entry = self.search_index.prepare(new["name"], new["description"],
-                                                  skillmd.parse_body(new["body"]).frontmatter, embed=False)
-            stale = entry.vector is None and not self.search_index.has_current_vector(tx, skill_id, entry.text_hash)
-            if stale:  # a missing vector is what the re-embed pass looks for
-                tx.delete_embedding(skill_id)
-            self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
+        texts = (patch.get("name", current["name"]), patch.get("description", current["description"]),
+                 (parsed or skillmd.parse_body(current["body"])).frontmatter)
+        for attempt in range(UPDATE_ATTEMPTS):  # again when a concurrent update moved the text under us
+            entry = self.search_index.prepare_unless_current(skill_id, *texts)
+            now = now_text()
+            try:
+                with self.store.write() as tx:
+                    row = self._active_row(tx, skill_id)
+                    history.check_expected(row, expected_version)
+                    if "name" in patch and patch["name"] != row["name"]:
+                        clash = tx.other_skill_named(patch["name"], skill_id)
+                        if clash is not None:
+                            raise SkillExists(f"Another skill (id {clash['id']}) is named {clash['name']!r}.",
+                                              hint="Choose another name (case does not count); deleted skills "
+                                                   "keep theirs.", skill_id=clash["id"])
+                    changed = history.changed_fields(row, patch, restored=restore_version is not None)
+                    tx.archive_version(skill_id, now=now)  # a database from before every version was recorded
+                    tx.patch_skill(skill_id, patch, now=now)
+                    folders.write_files(tx, patch.get("name"), skill_id, new_files)
+                    new = tx.skill(skill_id)
+                    tx.record_version(skill_id, now=now, restored_from=restore_version)
+                    texts = (new["name"], new["description"], skillmd.parse_body(new["body"]).frontmatter)
+                    entry, stale, moved = self.search_index.settle(tx, skill_id, entry, texts,
+                                                                   retry=attempt + 1 < UPDATE_ATTEMPTS)
+                    self.search_index.write(tx, skill_id, new["name"], new["description"], entry, now=now)
+            except TextMoved:
+                continue
+            break
         if entry.vector is not None or stale:
             self.search_index.after_commit(skill_id, entry.vector, entry.model, active=True)
+        if stale and moved:  # the text kept moving under us: the upkeep embeds it now, not at the next restart
+            self.search_index.reembed_in_background()
         return {"id": skill_id, "name": new["name"], "version": new["version"], "previous_version": row["version"],
                 "updated_fields": changed, **({"restored_from": restore_version} if restore_version else {})}
 
@@ -331,8 +330,8 @@ class Registry:
             raise InvalidLimit(f"Invalid limit {limit!r}.")
         after = 0
         if cursor not in (None, ""):
-            if not isinstance(cursor, str) or not cursor.isdigit():
-                raise InvalidCursor(f"Invalid cursor {cursor!r}.")
+            if not isinstance(cursor, str) or not _CURSOR_RE.fullmatch(cursor) or int(cursor) > MAX_SKILL_ID:
+                raise InvalidCursor(f"Invalid cursor {cursor[:40] if isinstance(cursor, str) else cursor!r}.")
             after = int(cursor)
         with self.store.read() as tx:
             rows = tx.summary_page(after, limit + 1)
@@ -386,26 +385,23 @@ class Registry:
         return runtime.describe()
 
     def prepare_execution(self, skill_id: Any, params: Any, timeout: Any) -> PreparedRun:
-        """Check everything that can be checked before a run: timeout, params, credentials, code."""
+        """Check everything that can be checked before a run; the time checking params takes counts against the run."""
+        started = time.monotonic()
         timeout_s = validate_timeout(timeout)
         params_json = validate_params(params)
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
         schema = _loads(row["params_schema_json"], None)
         if schema:
-            try:
-                schemas.check_params(schema, json.loads(params_json))
-            except schemas.SchemaProblem as exc:
-                raise InvalidParams(f"params do not match the skill's params_schema at {exc.path}: {exc.message}",
-                                    hint=f"Read params_schema with skill_get_detail(skill_id={row['id']}) and fix "
-                                         f"{exc.path}.", path=exc.path, validator=exc.validator) from None
+            schemas.check_run_params(schema, json.loads(params_json), row, timeout_s=timeout_s, started=started)
         auth = _loads(row["auth_config_json"], None)
         secrets = self.vault.values_for(row["id"], auth) if auth else {}
         missing = credentials.missing_env_vars(auth, self.environ, secrets)
         if missing:
             raise missing_error(row["id"], row["name"], missing, self.environ, *self.links.offer(row["id"]))
         run, files = folders.SkillFolders(self.store).runnable(row)
-        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json, timeout_s,
+        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json,
+                           max(timeout_s - (time.monotonic() - started), 0.1),  # preparing counted against it
                            tuple(_loads(row["dependencies_json"], [])), tuple(credentials.required_env_vars(auth)),
                            files, run.script, secrets, core_skills.run_env(row, self.vault))
 

@@ -16,6 +16,19 @@ from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 if TYPE_CHECKING:
     from selfmcp.vault import Vault
 
+# What every client is told at initialize: the workflow with the eight tools.
+INSTRUCTIONS = """\
+selfMCP is a registry of reusable skills (small Python programs or SKILL.md documents) that you can \
+search, run, and extend. Workflow:
+1. skill_list_summary for a cheap table of contents (paged; a total count tells you how many exist).
+2. skill_search(query) to find skills for the task at hand.
+3. skill_get_detail(skill_id) to read a promising skill's body, parameters and auth needs.
+4. skill_execute(skill_id, params) to run it; params arrive in the skill as JSON in SELFMCP_PARAMS.
+When nothing fits, write a skill and store it with skill_create so it is there next time; improve it \
+with skill_update. If a run fails with missing_credentials, call skill_auth_url and show the user its \
+instructions. Run the core skill selfmcp_env_keys to see which API keys the server has before writing \
+a skill that needs one, and selfmcp_about for how this server works."""
+
 ABOUT_SECTIONS: dict[str, str] = {
     "source_code": (
         "selfMCP is a Python project. Entry modules: server.py (settings, the eight MCP tools, the one "

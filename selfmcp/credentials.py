@@ -92,6 +92,16 @@ def _env_name_problem(key: str, value: Any) -> str | None:
     return None
 
 
+def _is_http_url(url: str) -> bool:
+    """An absolute http(s) URL with a host; urlsplit raises ValueError on e.g. 'http://[::1'."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 def auth_config_problem(auth_config: Any) -> str | None:
     """What is wrong with a (non-empty) auth_config, in one sentence; None when it is valid."""
     if not isinstance(auth_config, dict):
@@ -103,7 +113,7 @@ def auth_config_problem(auth_config: Any) -> str | None:
             return problem
     elif kind == "oauth2":
         auth_url = auth_config.get("auth_url")
-        if not isinstance(auth_url, str) or urllib.parse.urlsplit(auth_url).scheme not in ("http", "https"):
+        if not isinstance(auth_url, str) or not _is_http_url(auth_url):
             return f"oauth2 auth_config needs auth_url, an http(s) URL; got {auth_url!r}."
         for key in ("client_id_env", "client_secret_env", "token_env"):
             value = auth_config.get(key)

@@ -124,9 +124,33 @@ def _check_node(node: yaml.Node, loader: yaml.SafeLoader, where: str) -> None:
                                      hint="Quote it or use a finite number.", key=where)
 
 
+MAX_FLOW_DEPTH = 32
+
+
+def _flow_depth(text: str) -> int:
+    """How deep '[' and '{' nest in `text` (counted everywhere, quoted or not: an upper bound)."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}" and depth:
+            depth -= 1
+    return deepest
+
+
 def parse_frontmatter(text: str) -> dict[str, Any]:
     """The frontmatter mapping, read the same by YAML 1.1 and 1.2; raises InvalidFrontmatter."""
     try:
+        if _flow_depth(text) > MAX_FLOW_DEPTH:  # PyYAML's scanner is quadratic in the depth of [ and {
+            raise InvalidFrontmatter(f"The frontmatter nests '[' or '{{' more than {MAX_FLOW_DEPTH} levels deep.",
+                                     hint="Use flat `key: value` lines and short lists.")
+        # Aliases make a tree of a few lines refer to itself exponentially often (a "billion laughs"):
+        # checking or constructing it would hold the server for hours. Frontmatter never needs them.
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, yaml.AliasToken | yaml.AnchorToken):
+                raise InvalidFrontmatter("The frontmatter uses YAML anchors or aliases ('&', '*').",
+                                         hint="Write the values out; SKILL.md frontmatter has no aliases.")
         loader = yaml.SafeLoader(text)
         try:
             node = loader.get_single_node()
@@ -139,6 +163,8 @@ def parse_frontmatter(text: str) -> dict[str, Any]:
             data = loader.construct_document(node)
         finally:
             loader.dispose()
+    except RecursionError:
+        raise InvalidFrontmatter("The frontmatter is nested too deeply.", hint="Use flat `key: value` lines.") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 2}" if mark is not None else ""

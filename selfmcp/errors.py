@@ -12,7 +12,12 @@ all come through `error_body`; tests/test_error_shape.py holds every source to i
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+import db
 
 if TYPE_CHECKING:
     from selfmcp.redact import Redactor
@@ -23,6 +28,14 @@ REQUIRED_KEYS = ("error", "message", "hint")
 def error_body(code: str, message: str, hint: str, **details: Any) -> dict[str, Any]:
     """The error payload: code, message and hint first, then any details."""
     return {"error": code, "message": message, "hint": hint, **details}
+
+
+def error_result(payload: dict[str, Any]) -> Any:
+    """The payload as an MCP tool error: the same JSON as text and as structured content, is_error set."""
+    from mcp.types import CallToolResult, TextContent
+
+    return CallToolResult(content=[TextContent(type="text", text=json.dumps(payload, ensure_ascii=False))],
+                          structured_content=payload, is_error=True)
 
 
 def error_json(code: str, message: str, hint: str, **details: Any) -> bytes:
@@ -37,7 +50,9 @@ class SkillError(Exception):
      ├── InvalidArgument and the other invalid_* codes: bad input, nothing changed
      ├── SkillNotFound, SkillExists, NothingToUpdate, VersionNotFound, VersionConflict: the registry's state says no
      ├── CannotDeleteCoreSkill, CannotRenameCoreSkill: core skills are guarded
-     └── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
+     ├── MissingCredentials, NoAuthConfig, NotExecutable, DependencyInstallFailed: a run cannot start
+     ├── StorageUnavailable, StorageFull: the database cannot take the request (nothing changed)
+     └── InternalError, UnknownTool: a bug (logged, never shown) or a tool name the server lacks
     """
 
     code = "skill_error"
@@ -125,3 +140,60 @@ InvalidFrontmatter = _error("InvalidFrontmatter", "invalid_frontmatter",
 InvalidFiles = _error("InvalidFiles", "invalid_files",
                       'Give files as {"relative/path": "text"} or {"path": {"base64": "..."}} with relative '
                       "paths (no '..', no leading '/', no backslash), at most 512 files and 16 MiB a skill.")
+StorageUnavailable = _error("StorageUnavailable", "storage_unavailable",
+                            "Retry in a moment; if it persists, the server's operator must check the database file "
+                            "(SELFMCP_DB_PATH) and the server log.")
+StorageFull = _error("StorageFull", "storage_full",
+                     "The disk holding the skill database is full: the server's operator must free space; writes "
+                     "resume by themselves once there is room. Reads and runs still work.")
+InternalError = _error("InternalError", "internal_error",
+                       "This is a bug in the server, logged with its details; retry once, then report it if it "
+                       "persists.")
+UnknownTool = _error("UnknownTool", "unknown_tool",
+                     "Call tools/list for the tools this server offers (skill_search, skill_execute, ...).")
+
+
+# The database could not be opened at start-up: one line saying what is wrong and what to do.
+DatabaseOpenFailed = db.OpenFailed
+describe_open_failure = db.describe_open_failure
+
+
+def storage_error(exc: sqlite3.Error) -> SkillError:
+    """What a failure of the database means to a client: storage_full or storage_unavailable."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL:
+        return StorageFull("The disk holding the skill database is full; nothing was changed.")
+    if isinstance(exc, db.StorageUnavailable):
+        return StorageUnavailable(f"{exc} Nothing was changed.",
+                                  hint="The server's operator must put the database file back (or restore a backup) "
+                                       "and restart the server; reads and runs still work.")
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return StorageUnavailable("The skill database file is damaged; the request was not completed.",
+                                  hint="The server's operator must restore the database from a backup; see the "
+                                       "README's Reliability section.")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StorageUnavailable("The skill database is busy (locked by another writer); nothing was changed.",
+                                  hint="Retry in a moment.")
+    return StorageUnavailable("The skill database could not complete the request; nothing was changed.")
+
+
+# Arguments the SDK rejects against a tool's input schema get the codes the registry uses for them.
+_ARGUMENT_CODES: dict[str, type[SkillError]] = {
+    "name": InvalidName, "description": InvalidDescription, "body": InvalidBody, "dependencies": InvalidDependency,
+    "auth_config": InvalidAuthConfig, "params": InvalidParams, "timeout": InvalidTimeout, "mode": InvalidMode,
+    "top_k": InvalidTopK, "query": InvalidQuery, "cursor": InvalidCursor, "limit": InvalidLimit,
+    "params_schema": InvalidParamsSchema, "files": InvalidFiles,
+}
+_SKILL_ID_HINT = ("Pass skill_id as a JSON integer (no quotes, not true/false), an id from skill_search or "
+                  "skill_list_summary.")
+
+
+def argument_error(exc: ValidationError) -> dict[str, Any]:
+    """The error payload for arguments the SDK's (pydantic) validation refused, named by the first bad field."""
+    first = exc.errors()[0]
+    field_name = str(first["loc"][0]) if first.get("loc") else ""
+    cls = _ARGUMENT_CODES.get(field_name, InvalidArgument)
+    hint = _SKILL_ID_HINT if field_name == "skill_id" else cls.hint
+    fields = sorted({".".join(str(p) for p in e["loc"]) for e in exc.errors()})
+    return error_body(cls.code, f"Invalid value for {field_name or 'the arguments'}: {first['msg']}.", hint,
+                      fields=fields)

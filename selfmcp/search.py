@@ -49,6 +49,8 @@ VECTOR_CANDIDATES = 100
 SHORT_DESCRIPTION_CHARS = 120
 # bm25 weights of the FTS columns (name, description, tags); store.keyword_matches uses the same.
 FTS_WEIGHTS = (1.0, 1.0, 0.5)
+# An update whose text a concurrent update changed (TextMoved) embeds again and retries, this many tries in all.
+UPDATE_ATTEMPTS = 3
 
 # Query words that say nothing about which skill is wanted. SHORT_STOP_WORDS: English function
 # words plus the words people use to ask for a tool at all. STOP_WORDS (used) adds scikit-learn's
@@ -235,6 +237,10 @@ class IndexEntry:
     deferred: bool = False
 
 
+class TextMoved(Exception):
+    """A concurrent update changed a skill's text inside a write: roll back and prepare it again."""
+
+
 class Search:
     """Keyword, vector and hybrid search over one store, and the upkeep of its derived data."""
 
@@ -270,6 +276,34 @@ class Search:
         fields, text = index_texts(name, description, frontmatter)
         vector, model = self._embed_one(text) if embed else (None, None)
         return IndexEntry(fields, text, content_hash(text), vector, model, deferred=embed and vector is None)
+
+    def prepare_unless_current(self, skill_id: int, name: str, description: str,
+                               frontmatter: dict[str, object]) -> IndexEntry:
+        """`prepare()`, embedding only when the stored vector is not already of this text."""
+        entry = self.prepare(name, description, frontmatter, embed=False)
+        with self.store.read() as tx:
+            if self.has_current_vector(tx, skill_id, entry.text_hash):
+                return entry
+        return self.prepare(name, description, frontmatter)
+
+    def settle(self, tx: Statements, skill_id: int, entry: IndexEntry, texts: tuple[str, str, dict[str, object]], *,
+               retry: bool) -> tuple[IndexEntry, bool, bool]:
+        """The entry to write in `tx` for the skill's text as it now is (`texts`): (entry, stale, moved).
+
+        When a concurrent update changed the text after `entry` was prepared, the vector is of the wrong
+        text: raise TextMoved (the caller rolls back, embeds again and retries) while `retry` allows,
+        else write no vector (`moved`). A vector left out is deleted (`stale`), never left wrong.
+        """
+        actual = self.prepare(*texts, embed=False)
+        moved = False
+        if actual.text_hash != entry.text_hash:
+            if retry and not self.has_current_vector(tx, skill_id, actual.text_hash):
+                raise TextMoved()
+            entry, moved = actual, True
+        stale = entry.vector is None and not self.has_current_vector(tx, skill_id, entry.text_hash)
+        if stale:  # a missing vector is what the re-embed pass looks for
+            tx.delete_embedding(skill_id)
+        return entry, stale, moved
 
     def has_current_vector(self, tx: Statements, skill_id: int, text_hash: str) -> bool:
         stored = tx.embedding_state(skill_id)
@@ -488,13 +522,20 @@ class Search:
                 self.reembed_paused = True
                 break
             now = now_text()
+            written = []
             with self.store.write() as tx:
+                # An update may have changed a text while it was embedded: keep only vectors of the text as it is.
+                current = {r["id"]: r for r in tx.texts([row["id"] for row in rows])}
                 for row, text, vector in zip(rows, texts, vectors, strict=True):
+                    now_row = current.get(row["id"])
+                    if now_row is None or tuple(now_row) != tuple(row):
+                        continue
                     tx.upsert_embedding(row["id"], encode(vector), int(vector.shape[0]), model, content_hash(text),
                                         now=now)
-            for row, vector in zip(rows, vectors, strict=True):
-                self._update_vector_index(row["id"], vector, model, active=True)
-            done += len(rows)
+                    written.append((row["id"], vector))
+            for skill_id, vector in written:
+                self._update_vector_index(skill_id, vector, model, active=True)
+            done += len(written)
             if progress is not None:
                 progress(done, len(stale))
         return done
@@ -520,14 +561,19 @@ class Search:
                         # a query or write that needs the model sooner loads it itself.
                         time.sleep(WARM_UP_DELAY_S)
                     warm_up()
-                while self._reembed_wanted.is_set():
+                count = passes = 0
+                while self._reembed_wanted.is_set() and passes < 10:
                     self._reembed_wanted.clear()
-                    count = self.reembed_stale(progress=lambda done, total: log.info(
+                    passes += 1
+                    done = self.reembed_stale(progress=lambda done, total: log.info(
                         "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
-                    if count:
-                        log.info("re-embedding pass finished: %d skills", count)
+                    count += done
                     if self.reembed_paused:
                         break
+                    if done and self.stale_embeddings(limit=1):  # writes during the pass left new gaps
+                        self._reembed_wanted.set()
+                if count:
+                    log.info("re-embedding finished: %d skills", count)
                 again = not self.reembed_paused
             except Exception:
                 log.exception("re-embedding failed; vector search covers the skills embedded so far")

@@ -12,6 +12,7 @@ from starlette.routing import Route
 
 from mcp.server.auth.routes import cors_middleware
 
+import db
 from selfmcp.remote import cimd, oauth, stdio_transport
 from selfmcp.remote.http_security import HostAllowList, RequestGuard
 from selfmcp.remote.oauth import PublicRevocation, RemoteAuth
@@ -122,3 +123,10 @@ def print_owner_password(password: str, remote: RemoteAuth, *, reachable: bool) 
                      "Set SELFMCP_OWNER_PASSWORD to choose your own, or run",
                      "`python3 server.py --reset-owner-password` for a new one.",
                      "=" * 78]), file=sys.stderr, flush=True)
+
+
+def database_fault(db_path: Any, exc: BaseException) -> int:
+    """Say in one line why the database cannot be used and what to do (never a traceback); the exit status."""
+    reason = str(exc) if isinstance(exc, db.OpenFailed) else db.describe_open_failure(db_path, exc)
+    print(f"selfmcp: cannot use the database (SELFMCP_DB_PATH={db_path}): {reason}", file=sys.stderr)
+    return 1
