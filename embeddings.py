@@ -5,13 +5,19 @@ Embedders turn texts into L2-normalised float32 rows. Which one runs is decided 
 
 - a remote LiteLLM model (OPENAI_API_KEY or SELFMCP_USE_LITELLM set), imported lazily,
   with the offline embedder behind it as a fallback when the remote fails;
-- otherwise the offline embedder: the static MiniLM table shipped in `models/` when it
-  is present, else a deterministic hashed n-gram embedder;
+- otherwise the offline embedder: the all-MiniLM-L6-v2 transformer run on numpy from the
+  int8 weights shipped in `models/minilm-l6/` (selfmcp/embedders/minilm.py; its weights load
+  on first use or through `warm_up()`, never at construction);
+- `SELFMCP_EMBED_MODEL=static` picks the static MiniLM token table (`models/minilm-l6-static/`,
+  ~10 ms to load, 0.1 ms a query, lower recall) for the smallest machines, and `hash` a
+  deterministic hashed n-gram embedder that needs no files; either is also the fallback when
+  the files of the one before it are missing;
 - `SELFMCP_EMBED_MODEL=sentence-transformers:<name or path>` runs a full local model
   (optional: needs the sentence-transformers package and torch).
 
 Every vector is stored with the id of the model that made it; vectors of different
-models are never compared (selfmcp/search.py keeps one in-memory index per model).
+models are never compared (selfmcp/search.py keeps one in-memory index per model), so a
+changed model is re-embedded in the background.
 """
 
 from __future__ import annotations
@@ -33,7 +39,11 @@ HASH_MODEL_ID = "hash-ngram-256-v1"
 
 
 class Embedder(Protocol):
-    """Anything that embeds texts; `model_id` names the vector space it produces."""
+    """Anything that embeds texts; `model_id` names the vector space it produces.
+
+    An embedder whose model takes time to load may also have `ready` (loaded yet?) and
+    `warm_up()` (load now); search then never makes a write wait for the load.
+    """
 
     model_id: str
 
@@ -197,8 +207,8 @@ def embed_with_model(embedder: Embedder, texts: Sequence[str]) -> tuple[np.ndarr
     return embedder.embed(texts), embedder.model_id
 
 
-def offline_embedder() -> Embedder:
-    """The best embedder that needs no network: the shipped static model, else hashing."""
+def static_embedder() -> Embedder:
+    """The shipped static MiniLM table, else hashing."""
     try:
         from selfmcp.embedders.static import load_static_embedder
     except ImportError:
@@ -210,7 +220,22 @@ def offline_embedder() -> Embedder:
         return HashEmbedder()
 
 
-LOCAL_MODEL_NAMES = {"static", "offline", "hash"}
+def offline_embedder() -> Embedder:
+    """The best embedder that needs no network: the shipped MiniLM transformer, else the static table.
+
+    Only the model's config is read here; its weights load on first use.
+    """
+    try:
+        from selfmcp.embedders.minilm import MiniLMEmbedder
+
+        return MiniLMEmbedder()
+    except (ImportError, OSError, ValueError, KeyError) as exc:
+        log.warning("MiniLM model unavailable (%s); using the static table", exc)
+        return static_embedder()
+
+
+STATIC_MODEL_NAMES = {"static"}
+LOCAL_MODEL_NAMES = {"minilm", "offline", *STATIC_MODEL_NAMES, "hash"}
 SENTENCE_TRANSFORMERS_PREFIX = "sentence-transformers:"
 
 
@@ -218,6 +243,8 @@ def make_embedder(model: str | None, *, use_remote: bool, api_base: str | None =
     """Choose the embedder for the settings: see the module docstring."""
     if model == "hash":
         return HashEmbedder()
+    if model in STATIC_MODEL_NAMES:
+        return static_embedder()
     if model and model.startswith(SENTENCE_TRANSFORMERS_PREFIX):
         return SentenceTransformerEmbedder(model.removeprefix(SENTENCE_TRANSFORMERS_PREFIX))
     offline = offline_embedder()

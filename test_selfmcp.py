@@ -462,8 +462,8 @@ def test_the_optional_sentence_transformers_model_is_chosen_by_name_and_loaded_l
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0)
 
 
-def test_the_default_offline_embedder_is_the_shipped_static_model():
-    embedder = make_embedder(None, use_remote=False)
+def test_the_static_offline_embedder_is_the_shipped_static_model():
+    embedder = make_embedder("static", use_remote=False)
     assert embedder.model_id.startswith("minilm-l6-static")
     near, far = embedder.embed(["send an email to a colleague", "get tomorrow's weather forecast"])
     query = embedder.embed(["compose and deliver electronic mail"])[0]

@@ -17,8 +17,9 @@ import json
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from embeddings import Embedder, content_hash, decode, embed_with_model, encode
 from selfmcp import skillmd
+from selfmcp.bm25 import KeywordIndex
 from selfmcp.embedders.static import STOP_WORDS as ENGLISH_STOP_WORDS
 from selfmcp.store import SkillStore, Statements, now_text
 
@@ -38,14 +40,52 @@ VECTOR_WEIGHT = 0.7
 # Core skills are about the server itself; keep them from crowding ordinary results.
 CORE_SCORE_FACTOR = 0.6
 KEYWORD_CANDIDATES = 200
+# Seconds the background thread waits before loading a model that is not loaded yet.
+WARM_UP_DELAY_S = 0.5
+# Up to this many skills the in-memory keyword index is built before the registry answers
+# (~0.1 s); beyond, in a background thread while FTS5 answers keyword queries.
+KEYWORD_BUILD_INLINE = 500
 VECTOR_CANDIDATES = 100
 SHORT_DESCRIPTION_CHARS = 120
+# bm25 weights of the FTS columns (name, description, tags); store.keyword_matches uses the same.
+FTS_WEIGHTS = (1.0, 1.0, 0.5)
 # An update whose text a concurrent update changed (TextMoved) embeds again and retries, this many tries in all.
 UPDATE_ATTEMPTS = 3
 
-# Query words that say nothing about which skill is wanted: English stop words, plus the
-# words people use to ask for a tool at all.
-STOP_WORDS = ENGLISH_STOP_WORDS | frozenset("want need like get use using tool tools help find".split())
+# Query words that say nothing about which skill is wanted. SHORT_STOP_WORDS: English function
+# words plus the words people use to ask for a tool at all. STOP_WORDS (used) adds scikit-learn's
+# English list and more request words; measured on the dev set (README, "Search").
+REQUEST_WORDS = frozenset("""
+    want wants wanted need needs needed like get use using used tool tools help find please could would
+    know tell give show looking look let lets able way something anything thing things recommend suggest
+    provide available
+    """.split())
+SHORT_STOP_WORDS = ENGLISH_STOP_WORDS | frozenset("want need like get use using tool tools help find".split())
+SKLEARN_STOP_WORDS = frozenset("""
+    a about above across after afterwards again against all almost alone along already also although always
+    am among amongst amoungst amount an and another any anyhow anyone anything anyway anywhere are around as
+    at back be became because become becomes becoming been before beforehand behind being below beside
+    besides between beyond bill both bottom but by call can cannot cant co con could couldnt cry de describe
+    detail do done down due during each eg eight either eleven else elsewhere empty enough etc even ever every
+    everyone everything everywhere except few fifteen fifty fill find fire first five for former formerly
+    forty found four from front full further get give go had has hasnt have he hence her here hereafter
+    hereby herein hereupon hers herself him himself his how however hundred i ie if in inc indeed interest
+    into is it its itself keep last latter latterly least less ltd made many may me meanwhile might mill mine
+    more moreover most mostly move much must my myself name namely neither never nevertheless next nine no
+    nobody none noone nor not nothing now nowhere of off often on once one only onto or other others
+    otherwise our ours ourselves out over own part per perhaps please put rather re same see seem seemed
+    seeming seems serious several she should show side since sincere six sixty so some somehow someone
+    something sometime sometimes somewhere still such system take ten than that the their them themselves
+    then thence there thereafter thereby therefore therein thereupon these they thick thin third this those
+    though three through throughout thru thus to together too top toward towards twelve twenty two un under
+    until up upon us very via was we well were what whatever when whence whenever where whereafter whereas
+    whereby wherein whereupon wherever whether which while whither who whoever whole whom whose why will
+    with within without would yet you your yours yourself yourselves
+    """.split())
+STOP_WORDS = SHORT_STOP_WORDS | SKLEARN_STOP_WORDS | REQUEST_WORDS
+# Query words of at least this many characters also match as prefixes ("conver"* finds
+# "conversion"); 0 turns prefix terms off.
+PREFIX_MIN_CHARS = 4
 
 _WORD_RE = re.compile(r"[^\W_]+", re.UNICODE)
 _CAMEL_RE = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+|[^\W\d_A-Za-z]+", re.UNICODE)
@@ -63,16 +103,20 @@ def split_words(text: str) -> list[str]:
 
 
 def fts_terms(query: str) -> list[str]:
-    """The query's words as FTS5 terms: stop words dropped, each quoted.
+    """The query's words as FTS5 terms: stop words dropped, each quoted, longer ones as prefixes.
 
     Quoting makes FTS syntax in the query (NOT, OR, -, *, :, quotes) words to search
-    for, never operators. A query of stop words only keeps them all. No prefix
-    matching: the porter stemmer already joins inflections, and on the dev set prefix
-    terms left hybrid recall unchanged while making keyword search ~10% slower.
+    for, never operators. A query of stop words only keeps them all. Words of
+    PREFIX_MIN_CHARS or more also match longer words (`"word"*`).
     """
+    return [f'"{w}"*' if prefix else f'"{w}"' for w, prefix in query_words(query)]
+
+
+def query_words(query: str) -> list[tuple[str, bool]]:
+    """The query's keyword terms as (word, matches as a prefix): see `fts_terms`."""
     words = split_words(query)
     terms = list(dict.fromkeys(w for w in words if w not in STOP_WORDS)) or list(dict.fromkeys(words))
-    return [f'"{w}"' for w in terms[:32]]
+    return [(w, bool(PREFIX_MIN_CHARS) and len(w) >= PREFIX_MIN_CHARS) for w in terms[:32]]
 
 
 def short_description(description: str) -> str:
@@ -84,10 +128,15 @@ def short_description(description: str) -> str:
 
 
 def index_texts(name: str, description: str, frontmatter: dict[str, object]) -> tuple[tuple[str, str, str], str]:
-    """What a skill is found by: the (name, description, tags) fields of its FTS row and the embedded text."""
+    """What a skill is found by: the (name, description, tags) fields of its FTS row and the embedded text.
+
+    The FTS name field holds the name and its words split apart (`send_email send email`);
+    the embedded text is `"{name}: {description} {tags}"`, the raw name, which the transformer's
+    own tokenizer splits (on the dev set 1.2 points more hybrid recall@5 than the split name).
+    """
     words = " ".join(split_words(name))
     tags = skillmd.frontmatter_search_text(frontmatter)
-    text = " ".join(part for part in (words, description, tags) if part)
+    text = " ".join(part for part in (f"{name}: {description}", tags) if part)
     return (f"{name} {words}", description, tags), text
 
 
@@ -130,6 +179,9 @@ class VectorIndex:
         self._ids = np.zeros(64, dtype=np.int64)
         self._row_of: dict[int, int] = {}
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._row_of)
 
     def upsert(self, skill_id: int, vector: np.ndarray) -> None:
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -180,6 +232,9 @@ class IndexEntry:
     text_hash: str
     vector: np.ndarray | None
     model: str | None
+    # True when an embedding was wanted but not made now (model still loading, or the embed
+    # failed): the write drops any old vector and the background upkeep fills it in.
+    deferred: bool = False
 
 
 class TextMoved(Exception):
@@ -196,8 +251,20 @@ class Search:
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
         self._reembed_lock = threading.Lock()
+        self._reembed_wanted = threading.Event()
+        # Set once a write went without a vector because the model was loading: from then on
+        # such writes start the background upkeep themselves.
+        self._deferred_writes = threading.Event()
+        self.reembed_paused = False
         with store.read() as tx:
             self.core_ids = tx.core_ids()
+            active = tx.count_active()
+        self.keywords = KeywordIndex(FTS_WEIGHTS)
+        self._written: dict[tuple[int, int], tuple[str, str, str]] = {}
+        if active <= KEYWORD_BUILD_INLINE:
+            self.keywords.build(self._search_rows())
+        else:
+            threading.Thread(target=self._build_keywords, name="selfmcp-keywords", daemon=True).start()
         if hasattr(embedder, "on_recovered"):
             embedder.on_recovered = self.reembed_in_background
 
@@ -208,7 +275,7 @@ class Search:
         """The FTS fields, text and (unless `embed` is false) embedding of a skill about to be written."""
         fields, text = index_texts(name, description, frontmatter)
         vector, model = self._embed_one(text) if embed else (None, None)
-        return IndexEntry(fields, text, content_hash(text), vector, model)
+        return IndexEntry(fields, text, content_hash(text), vector, model, deferred=embed and vector is None)
 
     def prepare_unless_current(self, skill_id: int, name: str, description: str,
                                frontmatter: dict[str, object]) -> IndexEntry:
@@ -246,21 +313,67 @@ class Search:
               now: str) -> None:
         """Refresh a skill's FTS row, summary row and (when the entry has one) embedding, in `tx`."""
         summary = {"id": skill_id, "name": name, "short_description": short_description(description)}
+        self._written[(threading.get_ident(), skill_id)] = entry.fields
         tx.write_search_row(skill_id, entry.fields, json.dumps(summary, ensure_ascii=False, separators=(",", ":")),
                             now=now)
         if entry.vector is not None and entry.model is not None:
             tx.upsert_embedding(skill_id, encode(entry.vector), int(entry.vector.shape[0]), entry.model,
                                 entry.text_hash, now=now)
+        elif entry.deferred:  # a reactivated skill's old vector is of its old text
+            tx.delete_embedding(skill_id)
 
     def after_commit(self, skill_id: int, vector: np.ndarray | None, model: str | None, *, active: bool) -> None:
-        """Bring the in-memory vector index in step with a committed write."""
+        """Bring the in-memory vector index in step with a committed write.
+
+        An active skill written without a vector gets one from the background upkeep.
+        """
+        fields = self._written.pop((threading.get_ident(), skill_id), None)
+        if not active:
+            self.keywords.remove(skill_id)
+        elif fields is not None:
+            self.keywords.upsert(skill_id, fields)
+        self._update_vector_index(skill_id, vector, model, active=active)
+        if active and vector is None and self._deferred_writes.is_set():
+            self.reembed_in_background()
+
+    def _update_vector_index(self, skill_id: int, vector: np.ndarray | None, model: str | None, *,
+                             active: bool) -> None:
         with self._index_lock:
             for index in self._indexes.values():
                 index.remove(skill_id)
             if active and vector is not None and model in self._indexes:
                 self._indexes[model].upsert(skill_id, vector)
 
+    def _search_rows(self, page: int = 1000) -> Iterator[list[tuple[int, tuple[str, str, str]]]]:
+        """Every active skill's FTS fields, a page at a time (what `write` put in the FTS row)."""
+        after = 0
+        while True:
+            with self.store.read() as tx:
+                ids = [skill_id for skill_id, _ in tx.summary_page(after, page)]
+                rows = tx.texts(ids) if ids else []
+            if not ids:
+                return
+            yield [(r["id"], index_texts(r["name"], r["description"], skillmd.parse_body(r["body"]).frontmatter)[0])
+                   for r in rows]
+            after = ids[-1]
+
+    def _build_keywords(self) -> None:
+        try:
+            self.keywords.build(self._search_rows())
+        except Exception:
+            log.exception("in-memory keyword index not built; keyword search stays on FTS5")
+
     def _embed_one(self, text: str) -> tuple[np.ndarray | None, str | None]:
+        """Embed one skill text now, unless the model is still loading.
+
+        A write never waits for a model load (~0.1-0.2 s, or a failing remote's timeout is the
+        remote's own): it is written without a vector, and the upkeep embeds it in the background
+        once the model is there. Once loaded, one text costs one forward pass (~7 ms, ~60 ms at
+        the 256-token limit), which the write does wait for, so search finds the skill at once.
+        """
+        if not getattr(self.embedder, "ready", True):
+            self._deferred_writes.set()
+            return None, None
         try:
             vectors, model = embed_with_model(self.embedder, [text])
         except Exception as exc:  # an embedder that cannot embed must not lose the write
@@ -288,11 +401,15 @@ class Search:
         return out
 
     def _keyword_scores(self, query: str) -> dict[int, float]:
-        terms = fts_terms(query)
-        if not terms:
+        """bm25 of the best KEYWORD_CANDIDATES, divided by the best: in memory once built, else FTS5."""
+        words = query_words(query)
+        if not words:
             return {}
-        with self.store.read() as tx:
-            rows = tx.keyword_matches(" OR ".join(terms), KEYWORD_CANDIDATES)
+        if self.keywords.ready:
+            rows = [(skill_id, -score) for skill_id, score in self.keywords.scores(words, KEYWORD_CANDIDATES)]
+        else:
+            with self.store.read() as tx:
+                rows = tx.keyword_matches(" OR ".join(fts_terms(query)), KEYWORD_CANDIDATES)
         if not rows:
             return {}
         best = -rows[0][1]
@@ -393,6 +510,7 @@ class Search:
         """
         stale = self.stale_embeddings() if ids is None else ids
         done = 0
+        self.reembed_paused = False
         for start in range(0, len(stale), batch_size):
             with self.store.read() as tx:
                 rows = tx.texts(stale[start:start + batch_size])
@@ -401,6 +519,7 @@ class Search:
             vectors, model = embed_with_model(self.embedder, texts)
             if model != self.embedder.model_id:
                 log.warning("re-embedding paused: the active model is not answering")
+                self.reembed_paused = True
                 break
             now = now_text()
             written = []
@@ -415,33 +534,53 @@ class Search:
                                         now=now)
                     written.append((row["id"], vector))
             for skill_id, vector in written:
-                self.after_commit(skill_id, vector, model, active=True)
+                self._update_vector_index(skill_id, vector, model, active=True)
             done += len(written)
             if progress is not None:
                 progress(done, len(stale))
         return done
 
     def reembed_in_background(self) -> threading.Thread | None:
-        """Start re-embedding stale vectors in a daemon thread, unless a pass is already running."""
+        """Embed stale vectors in a daemon thread; None when a pass is already running.
+
+        The thread first loads the model if it has a `warm_up()` (so the server's first
+        search does not pay for it). A call that comes while a pass runs makes that pass go
+        round once more, so a skill written meanwhile without a vector is not missed.
+        """
+        self._reembed_wanted.set()
         if not self._reembed_lock.acquire(blocking=False):
             return None
 
         def work() -> None:
+            again = False
             try:
-                count = 0
-                # Writes during a pass may leave new gaps (their own kick found this pass running): go again.
-                for _ in range(10):
+                warm_up = getattr(self.embedder, "warm_up", None)
+                if warm_up is not None:
+                    if not getattr(self.embedder, "ready", True):
+                        # Let start-up finish first (the server answers tools/list meanwhile);
+                        # a query or write that needs the model sooner loads it itself.
+                        time.sleep(WARM_UP_DELAY_S)
+                    warm_up()
+                count = passes = 0
+                while self._reembed_wanted.is_set() and passes < 10:
+                    self._reembed_wanted.clear()
+                    passes += 1
                     done = self.reembed_stale(progress=lambda done, total: log.info(
                         "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
                     count += done
-                    if not done or not self.stale_embeddings(limit=1):
+                    if self.reembed_paused:
                         break
+                    if done and self.stale_embeddings(limit=1):  # writes during the pass left new gaps
+                        self._reembed_wanted.set()
                 if count:
                     log.info("re-embedding finished: %d skills", count)
+                again = not self.reembed_paused
             except Exception:
                 log.exception("re-embedding failed; vector search covers the skills embedded so far")
             finally:
                 self._reembed_lock.release()
+            if again and self._reembed_wanted.is_set():  # asked for between the last check and the release
+                self.reembed_in_background()
 
         thread = threading.Thread(target=work, name="selfmcp-reembed", daemon=True)
         thread.start()
