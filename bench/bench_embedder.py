@@ -35,33 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import skills  # noqa: E402
 from embeddings import make_embedder  # noqa: E402
 from selfmcp import search, skillmd  # noqa: E402
+from bench_retrieval import evaluate, load  # noqa: E402  (one loader, one scorer for both benches)
 
 DATA = Path(__file__).resolve().parents[2] / "shared/bench/metatool"
-
-
-def load(data: Path) -> tuple[list[dict], list[dict]]:
-    tools = [json.loads(line) for line in (data / "tools.jsonl").read_text().splitlines() if line.strip()]
-    queries = [json.loads(line) for line in (data / "queries.jsonl").read_text().splitlines() if line.strip()]
-    return tools, queries
-
-
-def evaluate(reg: skills.Registry, queries: list[dict], by_id: dict[int, str], mode: str) -> dict[str, float]:
-    r1 = r5 = r10 = mrr = 0.0
-    latencies = []
-    for q in queries:
-        started = time.perf_counter()
-        results = reg.search(q["query"], mode, 10)["results"]
-        latencies.append(time.perf_counter() - started)
-        names = [by_id.get(r["id"]) for r in results]
-        if q["tool"] in names:
-            rank = names.index(q["tool"]) + 1
-            r1 += rank == 1
-            r5 += rank <= 5
-            r10 += 1
-            mrr += 1 / rank
-    n = len(queries)
-    return {"recall@1": round(r1 / n, 3), "recall@5": round(r5 / n, 3), "recall@10": round(r10 / n, 3),
-            "MRR@10": round(mrr / n, 3), "search_p50_ms": round(statistics.median(latencies) * 1000, 2)}
 
 
 def _split_text(name: str, description: str, frontmatter: dict[str, object]) -> str:

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import skills  # noqa: E402
 from embeddings import make_embedder  # noqa: E402
+from selfmcp import search  # noqa: E402
 
 
 def load(data: Path) -> tuple[list[dict], list[dict]]:
@@ -74,12 +75,12 @@ def main() -> None:
         for mode in ("keyword", "vector", "hybrid"):
             report[mode] = evaluate(reg, queries, by_id, mode)
         if args.sweep:
-            default = skills.VECTOR_WEIGHT
+            default = search.VECTOR_WEIGHT
             sweep = {}
             for weight in (0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
-                skills.VECTOR_WEIGHT = weight
+                search.VECTOR_WEIGHT = weight
                 sweep[str(weight)] = evaluate(reg, queries, by_id, "hybrid")
-            skills.VECTOR_WEIGHT = default
+            search.VECTOR_WEIGHT = default
             report["hybrid_weight_sweep"] = sweep
     print(json.dumps(report, indent=1))
 
