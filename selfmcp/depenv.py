@@ -44,9 +44,6 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from packaging.requirements import InvalidRequirement as _PackagingInvalid
-from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
 
 import confine
 import executor
@@ -92,6 +89,10 @@ class Environment:
 
 def normalise_requirement(text: str) -> str:
     """The canonical spelling of one requirement; raises InvalidRequirement."""
+    from packaging.requirements import InvalidRequirement as _PackagingInvalid  # lazily: not needed at start-up
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequirement(str(text), "it is empty")
     text = text.strip()

@@ -31,12 +31,14 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
 
 from selfmcp import skillmd
 from selfmcp.errors import InvalidFiles, InvalidFrontmatter
+
+if TYPE_CHECKING:
+    import yaml
 
 MAX_FILES = 512  # a skill's files, SKILL.md included (the extension's per-skill limit)
 MAX_TOTAL_BYTES = 16 * 1024 * 1024  # SKILL.md and every file together
@@ -87,6 +89,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _check_node(node: yaml.Node, loader: yaml.SafeLoader, where: str) -> None:
+    import yaml  # lazily: start-up needs no YAML
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
         for key_node, value_node in node.value:
@@ -141,6 +144,8 @@ def _flow_depth(text: str) -> int:
 
 def parse_frontmatter(text: str) -> dict[str, Any]:
     """The frontmatter mapping, read the same by YAML 1.1 and 1.2; raises InvalidFrontmatter."""
+    import yaml  # lazily: start-up needs no YAML
+
     try:
         if _flow_depth(text) > MAX_FLOW_DEPTH:  # PyYAML's scanner is quadratic in the depth of [ and {
             raise InvalidFrontmatter(f"The frontmatter nests '[' or '{{' more than {MAX_FLOW_DEPTH} levels deep.",
@@ -183,6 +188,8 @@ def document_frontmatter(text: str) -> dict[str, Any] | None:
 
 def dump_frontmatter(data: Mapping[str, Any]) -> str:
     """YAML text for `data` that YAML 1.1 and 1.2 read the same (quoting every string if need be)."""
+    import yaml  # lazily: start-up needs no YAML
+
     text = yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True, width=1 << 20)
     try:
         if parse_frontmatter(text) == data:

@@ -18,17 +18,25 @@ read here: enough for name, description, tags and metadata, with no YAML depende
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
+from typing import Any
 from dataclasses import dataclass, field
 
-from markdown_it import MarkdownIt
 
 _FRONTMATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 # A CommonMark fence opening: up to three spaces, then three or more backticks or tildes.
 _FENCE = re.compile(r"^ {0,3}(?:```|~~~)", re.MULTILINE)
 PYTHON_INFO = ("python", "py", "python3")
-_MARKDOWN = MarkdownIt("commonmark")
+
+
+@functools.cache
+def _markdown() -> Any:
+    """The CommonMark parser, made on first use (start-up needs none)."""
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark")
 
 
 @dataclass
@@ -83,7 +91,7 @@ def looks_like_markdown(body: str) -> bool:
 def python_blocks(markdown: str) -> list[str]:
     """The contents of the fenced code blocks whose info string's first word is python, py or python3."""
     blocks = []
-    for token in _MARKDOWN.parse(markdown):
+    for token in _markdown().parse(markdown):
         language = token.info.split(maxsplit=1)[0].lower() if token.info.strip() else ""
         if token.type == "fence" and language in PYTHON_INFO:
             blocks.append(token.content)

@@ -28,10 +28,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from selfmcp.credentials import ENV_NAME_RE, is_server_only, replit_secrets_url, required_env_vars
 from selfmcp.errors import InvalidArgument, MissingCredentials, SkillNotFound
@@ -51,6 +47,9 @@ def key_path_for(db_path: str | os.PathLike[str]) -> Path:
 
 def key_from_text(text: str) -> bytes:
     """32 key bytes from SELFMCP_SECRET_KEY (any non-empty string)."""
+    from cryptography.hazmat.primitives import hashes  # lazily, as in seal/open_sealed: start-up needs none
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"selfmcp vault v1").derive(text.encode())
 
 
@@ -85,6 +84,8 @@ def _aad(skill_id: int, name: str) -> bytes:
 
 
 def seal(key: bytes, skill_id: int, name: str, value: str) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     nonce = secrets.token_bytes(12)
     sealed = AESGCM(key).encrypt(nonce, value.encode(), _aad(skill_id, name))
     return f"{FORMAT}.{key_id(key)}.{base64.urlsafe_b64encode(nonce + sealed).decode()}"
@@ -92,6 +93,9 @@ def seal(key: bytes, skill_id: int, name: str, value: str) -> str:
 
 def open_sealed(key: bytes, skill_id: int, name: str, stored: str) -> str | None:
     """The value, or None when it was sealed under another key or is damaged."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     try:
         version, _kid, data = stored.split(".", 2)
         raw = base64.urlsafe_b64decode(data.encode())
