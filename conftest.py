@@ -28,11 +28,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import httpx2
 import numpy as np
 import pytest
 from mcp import StdioServerParameters
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthToken
 
 import skills
 from embeddings import normalise
@@ -261,3 +263,49 @@ async def http_client(base: str, token: str | None = None, mode: str = "auto") -
     async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
         async with Client(streamable_http_client(base + "/mcp", http_client=http), mode=mode) as client:
             yield client
+
+
+class MemoryStorage:
+    """The SDK OAuth client's TokenStorage, in memory."""
+
+    def __init__(self) -> None:
+        self.tokens: OAuthToken | None = None
+        self.client_info: OAuthClientInformationFull | None = None
+
+    async def get_tokens(self) -> OAuthToken | None:
+        return self.tokens
+
+    async def set_tokens(self, tokens: OAuthToken) -> None:
+        self.tokens = tokens
+
+    async def get_client_info(self) -> OAuthClientInformationFull | None:
+        return self.client_info
+
+    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
+        self.client_info = client_info
+
+
+class OwnerBrowser:
+    """The owner's browser: opens the authorization URL, approves on the consent page, reports the redirect."""
+
+    def __init__(self, password: str = PASSWORD) -> None:
+        self.password = password
+        self.visits = 0
+        self.location = ""
+        self.consent_text = ""
+
+    async def open(self, authorization_url: str) -> None:
+        self.visits += 1
+        async with httpx2.AsyncClient() as browser:
+            to_consent = await browser.get(authorization_url)
+            assert to_consent.status_code == 302, to_consent.text
+            page = await browser.get(to_consent.headers["location"])
+            self.consent_text = page.text
+            approved = await browser.post(to_consent.headers["location"].split("?")[0],
+                                          data={**form_fields(page), "password": self.password, "action": "allow"})
+            assert approved.status_code == 302, approved.text
+            self.location = approved.headers["location"]
+
+    async def callback(self) -> AuthorizationCodeResult:
+        query = parse_qs(urlsplit(self.location).query)
+        return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0])

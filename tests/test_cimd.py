@@ -26,13 +26,13 @@ from cryptography.x509.oid import NameOID
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientMetadata
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from conftest import PASSWORD, REDIRECT, form_fields, pkce, register, run_server
+from conftest import MemoryStorage, OwnerBrowser, PASSWORD, REDIRECT, pkce, register, run_server
 from selfmcp.remote import cimd
 
 pytestmark = pytest.mark.anyio
@@ -99,45 +99,6 @@ def document_server(tmp_path: Path) -> Iterator[tuple[DocumentServer, Path]]:
     finally:
         docs.server.should_exit = True
         thread.join(10)
-
-
-class MemoryStorage:
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
-
-
-class OwnerBrowser:
-    def __init__(self) -> None:
-        self.location = ""
-        self.consent_text = ""
-
-    async def open(self, authorization_url: str) -> None:
-        async with httpx2.AsyncClient() as browser:
-            to_consent = await browser.get(authorization_url)
-            assert to_consent.status_code == 302, to_consent.text
-            page = await browser.get(to_consent.headers["location"])
-            self.consent_text = page.text
-            approved = await browser.post(to_consent.headers["location"].split("?")[0],
-                                          data={**form_fields(page), "password": PASSWORD, "action": "allow"})
-            assert approved.status_code == 302, approved.text
-            self.location = approved.headers["location"]
-
-    async def callback(self) -> AuthorizationCodeResult:
-        query = httpx2.URL(self.location).params
-        return AuthorizationCodeResult(code=query["code"], state=query["state"])
 
 
 def authorize_params(client_id: str, redirect_uri: str = REDIRECT) -> dict[str, str]:

@@ -20,9 +20,9 @@ from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.provider import AuthorizationParams
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata
 
-from conftest import PASSWORD, REDIRECT, form_fields, mcp_post, pkce, register, run_server
+from conftest import MemoryStorage, OwnerBrowser, PASSWORD, REDIRECT, form_fields, mcp_post, pkce, register, run_server
 from selfmcp.remote import oauth
 from selfmcp.remote.http_security import LoginLimiter
 
@@ -42,50 +42,6 @@ def server(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------ helpers
-
-class MemoryStorage:
-    """The SDK client's TokenStorage, in memory."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client_info: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client_info
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client_info = client_info
-
-
-class OwnerBrowser:
-    """The owner's browser: opens the authorization URL, approves on the consent page, reports the redirect."""
-
-    def __init__(self, password: str) -> None:
-        self.password = password
-        self.visits = 0
-        self.location = ""
-
-    async def open(self, authorization_url: str) -> None:
-        self.visits += 1
-        async with httpx2.AsyncClient() as browser:
-            to_consent = await browser.get(authorization_url)
-            assert to_consent.status_code == 302, to_consent.text
-            page = await browser.get(to_consent.headers["location"])
-            approved = await browser.post(to_consent.headers["location"].split("?")[0],
-                                          data={**form_fields(page), "password": self.password, "action": "allow"})
-            assert approved.status_code == 302, approved.text
-            self.location = approved.headers["location"]
-
-    async def callback(self) -> AuthorizationCodeResult:
-        query = parse_qs(urlsplit(self.location).query)
-        return AuthorizationCodeResult(code=query["code"][0], state=query["state"][0])
-
 
 async def consent_page(http: httpx2.AsyncClient, base: str, client: dict[str, Any], challenge: str,
                        resource: str | None = None) -> httpx2.Response:
