@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
+from selfmcp.embedders.lazynp import np
 
 log = logging.getLogger("selfmcp.embeddings")
 

@@ -28,7 +28,7 @@ from mcp.types import ToolAnnotations
 
 import skills
 from embeddings import Embedder, make_embedder
-from selfmcp import cli, config, redact, serverlock, upkeep
+from selfmcp import config, redact, serverlock, upkeep
 from selfmcp.config import ConfigError
 from selfmcp.core_skills import INSTRUCTIONS
 from selfmcp.errors import (DatabaseOpenFailed, InternalError, UnknownTool, argument_error, error_result,
@@ -351,6 +351,7 @@ def announce_auth(settings: Settings, remote: oauth.RemoteAuth) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args:  # a `selfmcp` command (selfmcp/cli), with what only this entry builds: settings, registry, serving
+        from selfmcp import cli  # not on the server's start-up path
         return cli.main(args, cli.Backend(Settings.from_env, ConfigError, create_server, main))
     try:
         settings = Settings.from_env()

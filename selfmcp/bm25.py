@@ -12,8 +12,8 @@ index holds the same postings in memory and scores them with numpy (a few ms):
   phrase whose hits are those of every indexed term starting with the word's stem.
 - Writes: `upsert(skill_id, fields)` and `remove(skill_id)` keep it in step (rows are
   appended; a removed row is masked out and the postings are compacted when a third is dead).
-- `build(rows)` fills it from the FTS table's rows; until then `ready` is false and search
-  uses FTS5, so start-up never waits for it.
+- `build(rows)` fills it from the FTS table's rows; until then `ready` is false, writes wait in a
+  list and search uses FTS5, so start-up never waits for it (nor imports numpy: see lazynp).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 
-import numpy as np
+from selfmcp.embedders.lazynp import np
 
 K1, B = 1.2, 0.75
 _BATCH = 500
@@ -133,7 +133,7 @@ class KeywordIndex:
         self._lock = threading.RLock()
         self._ready = threading.Event()
         self._pending: list[tuple[int, Sequence[str] | None]] | None = []
-        self._reset()
+        self._row_of: dict[int, int] = {}  # the rest (numpy arrays) comes with build(): nothing is applied before
 
     def _reset(self) -> None:
         self._postings: dict[str, _Postings] = {}
@@ -150,6 +150,10 @@ class KeywordIndex:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until `build()` is done (at most `timeout` seconds); whether it is."""
+        return self._ready.wait(timeout)
+
     def __len__(self) -> int:
         return len(self._row_of)
 
@@ -158,6 +162,8 @@ class KeywordIndex:
     def build(self, batches: Iterable[Sequence[tuple[int, Sequence[str]]]]) -> None:
         """Index every (skill id, fields) row of an empty index, then apply the writes that came
         meanwhile (they wait in a list); then `ready`."""
+        with self._lock:
+            self._reset()
         rows_of: dict[str, list[int]] = {}
         freqs_of: dict[str, list[float]] = {}
         for batch in batches:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
+from selfmcp.embedders.lazynp import np
 
 from embeddings import Embedder, content_hash, decode, embed_with_model, encode
 from selfmcp import skillmd
@@ -42,9 +42,10 @@ CORE_SCORE_FACTOR = 0.6
 KEYWORD_CANDIDATES = 200
 # Seconds the background thread waits before loading a model that is not loaded yet.
 WARM_UP_DELAY_S = 0.5
-# Up to this many skills the in-memory keyword index is built before the registry answers
-# (~0.1 s); beyond, in a background thread while FTS5 answers keyword queries.
-KEYWORD_BUILD_INLINE = 500
+# The in-memory keyword index is built in a background thread this many seconds after the
+# registry opens (so the build and its numpy import stay off the path to the server's first
+# answers); FTS5 answers keyword queries until it is ready.
+KEYWORD_BUILD_DELAY_S = 0.3
 VECTOR_CANDIDATES = 100
 SHORT_DESCRIPTION_CHARS = 120
 # bm25 weights of the FTS columns (name, description, tags); store.keyword_matches uses the same.
@@ -258,13 +259,10 @@ class Search:
         self.reembed_paused = False
         with store.read() as tx:
             self.core_ids = tx.core_ids()
-            active = tx.count_active()
         self.keywords = KeywordIndex(FTS_WEIGHTS)
         self._written: dict[tuple[int, int], tuple[str, str, str]] = {}
-        if active <= KEYWORD_BUILD_INLINE:
-            self.keywords.build(self._search_rows())
-        else:
-            threading.Thread(target=self._build_keywords, name="selfmcp-keywords", daemon=True).start()
+        threading.Thread(target=self._build_keywords, args=(KEYWORD_BUILD_DELAY_S,), name="selfmcp-keywords",
+                         daemon=True).start()
         if hasattr(embedder, "on_recovered"):
             embedder.on_recovered = self.reembed_in_background
 
@@ -357,7 +355,8 @@ class Search:
                    for r in rows]
             after = ids[-1]
 
-    def _build_keywords(self) -> None:
+    def _build_keywords(self, delay_s: float = 0.0) -> None:
+        time.sleep(delay_s)
         try:
             self.keywords.build(self._search_rows())
         except Exception:

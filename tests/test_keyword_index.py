@@ -48,6 +48,7 @@ def registry(tmp_path):
     reg.seed_core_skills()
     for name, description in SKILLS:
         reg.create(name, description, "print('ok')")
+    assert reg.search_index.keywords.wait_ready(60)  # built in the background, writes meanwhile replayed
     return reg
 
 
@@ -69,12 +70,11 @@ def test_updates_and_deletes_are_reflected_at_once(registry):
     assert_same_as_fts5(registry)
 
 
-def test_a_larger_registry_builds_its_index_in_the_background_and_answers_meanwhile(registry, monkeypatch):
-    monkeypatch.setattr(search, "KEYWORD_BUILD_INLINE", 0)
+def test_a_reopened_registry_builds_its_index_in_the_background_and_answers_meanwhile(registry):
     reopened = skills.Registry(registry.store.db, FakeEmbedder(), environ={})
     # before or after the build, keyword search answers (FTS5 until the index is ready)
     assert reopened.search("send an email", "keyword", 5)["results"][0]["name"] == "send_email"
-    assert reopened.search_index.keywords._ready.wait(60)
+    assert reopened.search_index.keywords.wait_ready(60)
     assert_same_as_fts5(reopened)
 
 

@@ -26,7 +26,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
+from selfmcp.embedders.lazynp import np
 
 from selfmcp.embedders.static import BertWordPieceTokenizer
 

@@ -36,7 +36,7 @@ import unicodedata
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import numpy as np
+from selfmcp.embedders.lazynp import np
 
 __all__ = [
     "StaticEmbedder",
