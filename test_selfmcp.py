@@ -72,6 +72,7 @@ def test_fresh_database_reaches_the_newest_schema_and_migrating_again_changes_no
 
 def test_create_writes_fts_embedding_summary_and_version_one(reg, db_path):
     sid = make(reg)["id"]
+    assert reg.search_index.wait_idle()  # the vector is made after the commit, in the background
     assert rows(db_path, "select version from skill_versions where skill_id = ?", sid) == [(1,)]
     assert rows(db_path, "select rowid from skills_fts where skills_fts match 'csv'") == [(sid,)]
     assert rows(db_path, "select model, dim from skill_embeddings where skill_id = ?", sid) == [("fake-32", 32)]
@@ -288,6 +289,7 @@ def test_vectors_made_by_the_fallback_are_re_embedded_when_the_remote_answers_ag
     embedder = FallbackEmbedder(remote, FakeEmbedder(32, "offline-32"))
     registry = skills.Registry(db_path, embedder, environ={})
     sid = make(registry)["id"]
+    assert registry.search_index.wait_idle()
     assert rows(db_path, "select model from skill_embeddings where skill_id = ?", sid) == [("offline-32",)]
     assert registry.search("csv json", "vector", 3)["results"][0]["id"] == sid  # offline query vs offline vectors
     remote.broken = False

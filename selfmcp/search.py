@@ -1,17 +1,20 @@
 """Search: what a skill is found by, how a query is scored, and the indexes that make it fast.
 
 - Text analysis: `split_words`, `fts_terms`, `index_texts` (the FTS fields and the embedded text).
-- Index writes: `Search.prepare()` embeds before a write's transaction (no model call ever holds
-  the write lock); `write()` puts the FTS row, summary and embedding in the caller's transaction;
-  `after_commit()` updates the in-memory vector index.
+- Index writes: `Search.prepare()` computes the FTS fields and embedded text before a write's
+  transaction (an update's embedding too: `prepare_unless_current`; no model call ever holds the write
+  lock); `write()` puts the FTS row, summary and that embedding in the caller's transaction (and drops a
+  vector of an older text); `after_commit()` updates the in-memory indexes and queues a skill written
+  without a vector (every create): the worker embeds the queue in batches (selfmcp/embedwork.py).
 - Scoring: keyword (FTS5 bm25, normalised by the best match), vector (cosine over the in-memory
   index of the active model), hybrid (VECTOR_WEIGHT * min-max cosine + the rest * keyword), then
   ranking with core skills damped.
-- Upkeep: re-embedding of vectors that are missing or of another model, in the background.
+- Upkeep: re-embedding of vectors that are missing or of another model, in the same worker.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import logging
@@ -26,7 +29,7 @@ from typing import Any, Literal
 from selfmcp.embedders.lazynp import np
 
 from embeddings import Embedder, content_hash, decode, embed_with_model, encode
-from selfmcp import skillmd
+from selfmcp import embedwork, skillmd
 from selfmcp.bm25 import KeywordIndex
 from selfmcp.embedders.static import STOP_WORDS as ENGLISH_STOP_WORDS
 from selfmcp.store import SkillStore, Statements, now_text
@@ -40,8 +43,6 @@ VECTOR_WEIGHT = 0.7
 # Core skills are about the server itself; keep them from crowding ordinary results.
 CORE_SCORE_FACTOR = 0.6
 KEYWORD_CANDIDATES = 200
-# Seconds the background thread waits before loading a model that is not loaded yet.
-WARM_UP_DELAY_S = 0.5
 # The in-memory keyword index is built in a background thread this many seconds after the
 # registry opens (so the build and its numpy import stay off the path to the server's first
 # answers); FTS5 answers keyword queries until it is ready.
@@ -231,10 +232,11 @@ class IndexEntry:
     fields: tuple[str, str, str]
     text: str
     text_hash: str
+    # Set for an update only (prepare_unless_current); a create's vector is made after the commit.
     vector: np.ndarray | None
     model: str | None
-    # True when an embedding was wanted but not made now (model still loading, or the embed
-    # failed): the write drops any old vector and the background upkeep fills it in.
+    # True when the skill wants a vector of this text: the write drops any old vector and
+    # after_commit queues the skill for the worker.
     deferred: bool = False
 
 
@@ -251,12 +253,7 @@ class Search:
         self._query_cache = QueryCache()
         self._indexes: dict[str, VectorIndex] = {}
         self._index_lock = threading.Lock()
-        self._reembed_lock = threading.Lock()
-        self._reembed_wanted = threading.Event()
-        # Set once a write went without a vector because the model was loading: from then on
-        # such writes start the background upkeep themselves.
-        self._deferred_writes = threading.Event()
-        self.reembed_paused = False
+        self.embedding = embedwork.EmbeddingWorker(store, embedder, _embedded_text, self._publish)
         with store.read() as tx:
             self.core_ids = tx.core_ids()
         self.keywords = KeywordIndex(FTS_WEIGHTS)
@@ -270,27 +267,32 @@ class Search:
 
     def prepare(self, name: str, description: str, frontmatter: dict[str, object], *,
                 embed: bool = True) -> IndexEntry:
-        """The FTS fields, text and (unless `embed` is false) embedding of a skill about to be written."""
+        """The FTS fields and text of a skill about to be written; `embed`: it wants a vector of this text
+        (made after the commit by the worker)."""
         fields, text = index_texts(name, description, frontmatter)
-        vector, model = self._embed_one(text) if embed else (None, None)
-        return IndexEntry(fields, text, content_hash(text), vector, model, deferred=embed and vector is None)
+        return IndexEntry(fields, text, content_hash(text), None, None, deferred=embed)
 
     def prepare_unless_current(self, skill_id: int, name: str, description: str,
                                frontmatter: dict[str, object]) -> IndexEntry:
-        """`prepare()`, embedding only when the stored vector is not already of this text."""
+        """An update's entry: embedded now, unless the stored vector is already of this text.
+
+        An update (rare, and one text) waits for its embedding, so its skill never lacks a vector
+        after it returns; a create does not (see `prepare`).
+        """
         entry = self.prepare(name, description, frontmatter, embed=False)
         with self.store.read() as tx:
             if self.has_current_vector(tx, skill_id, entry.text_hash):
                 return entry
-        return self.prepare(name, description, frontmatter)
+        vector, model = self._embed_one(entry.text)
+        return dataclasses.replace(entry, vector=vector, model=model, deferred=vector is None)
 
     def settle(self, tx: Statements, skill_id: int, entry: IndexEntry, texts: tuple[str, str, dict[str, object]], *,
                retry: bool) -> tuple[IndexEntry, bool, bool]:
         """The entry to write in `tx` for the skill's text as it now is (`texts`): (entry, stale, moved).
 
-        When a concurrent update changed the text after `entry` was prepared, the vector is of the wrong
-        text: raise TextMoved (the caller rolls back, embeds again and retries) while `retry` allows,
-        else write no vector (`moved`). A vector left out is deleted (`stale`), never left wrong.
+        When a concurrent update changed the text after `entry` was prepared, the entry is of the wrong
+        text: raise TextMoved (the caller rolls back, prepares again and retries) while `retry` allows,
+        else write no vector (`moved`). A vector left out is deleted (`stale`, and queued), never left wrong.
         """
         actual = self.prepare(*texts, embed=False)
         moved = False
@@ -321,9 +323,9 @@ class Search:
             tx.delete_embedding(skill_id)
 
     def after_commit(self, skill_id: int, vector: np.ndarray | None, model: str | None, *, active: bool) -> None:
-        """Bring the in-memory vector index in step with a committed write.
+        """Bring the in-memory indexes in step with a committed write.
 
-        An active skill written without a vector gets one from the background upkeep.
+        An active skill written without a vector is queued: the worker embeds it in the background.
         """
         fields = self._written.pop((threading.get_ident(), skill_id), None)
         if not active:
@@ -331,8 +333,15 @@ class Search:
         elif fields is not None:
             self.keywords.upsert(skill_id, fields)
         self._update_vector_index(skill_id, vector, model, active=active)
-        if active and vector is None and self._deferred_writes.is_set():
-            self.reembed_in_background()
+        if not active:
+            self.embedding.queue.discard(skill_id)
+        elif vector is None:
+            self.embedding.queue.put(skill_id)
+            self.embedding.start()
+
+    def _publish(self, written: list[tuple[int, np.ndarray]], model: str) -> None:
+        for skill_id, vector in written:
+            self._update_vector_index(skill_id, vector, model, active=True)
 
     def _update_vector_index(self, skill_id: int, vector: np.ndarray | None, model: str | None, *,
                              active: bool) -> None:
@@ -341,6 +350,18 @@ class Search:
                 index.remove(skill_id)
             if active and vector is not None and model in self._indexes:
                 self._indexes[model].upsert(skill_id, vector)
+
+    def _embed_one(self, text: str) -> tuple[np.ndarray | None, str | None]:
+        """Embed one text now, unless the model is still loading (or fails): then (None, None), and the
+        write queues the skill for the worker."""
+        if not getattr(self.embedder, "ready", True):
+            return None, None
+        try:
+            vectors, model = embed_with_model(self.embedder, [text])
+        except Exception as exc:  # an embedder that cannot embed must not lose the write
+            log.warning("could not embed skill text (%s); it will be embedded later", type(exc).__name__)
+            return None, None
+        return vectors[0], model
 
     def _search_rows(self, page: int = 1000) -> Iterator[list[tuple[int, tuple[str, str, str]]]]:
         """Every active skill's FTS fields, a page at a time (what `write` put in the FTS row)."""
@@ -362,24 +383,6 @@ class Search:
         except Exception:
             log.exception("in-memory keyword index not built; keyword search stays on FTS5")
 
-    def _embed_one(self, text: str) -> tuple[np.ndarray | None, str | None]:
-        """Embed one skill text now, unless the model is still loading.
-
-        A write never waits for a model load (~0.1-0.2 s, or a failing remote's timeout is the
-        remote's own): it is written without a vector, and the upkeep embeds it in the background
-        once the model is there. Once loaded, one text costs one forward pass (~7 ms, ~60 ms at
-        the 256-token limit), which the write does wait for, so search finds the skill at once.
-        """
-        if not getattr(self.embedder, "ready", True):
-            self._deferred_writes.set()
-            return None, None
-        try:
-            vectors, model = embed_with_model(self.embedder, [text])
-        except Exception as exc:  # an embedder that cannot embed must not lose the write
-            log.warning("could not embed skill text (%s); it will be embedded later", type(exc).__name__)
-            return None, None
-        return vectors[0], model
-
     # -- queries
 
     def search(self, query: str, mode: SearchMode, top_k: int) -> dict[str, Any]:
@@ -387,6 +390,8 @@ class Search:
         keyword = self._keyword_scores(query) if mode != "vector" else {}
         vector: dict[int, float] | None = None
         if mode != "keyword":
+            # a small backlog of writes (a client that just created skills) is waited for; a bulk one is not
+            self.embedding.queue.wait_for(embedwork.SEARCH_WAIT_BACKLOG, embedwork.SEARCH_WAIT_S)
             vector = self._vector_scores(query, mode, top_k)
         if mode == "keyword" or (mode == "hybrid" and vector is None):
             scores = keyword
@@ -488,7 +493,7 @@ class Search:
                 results.append(item)
         return results
 
-    # -- embeddings upkeep
+    # -- embeddings upkeep (selfmcp/embedwork.py)
 
     def stale_embeddings(self, limit: int | None = None) -> list[int]:
         """Active skills with no vector of the active model (missing, or another model's).
@@ -496,94 +501,40 @@ class Search:
         Writes keep vectors in step with the text, deleting a vector they could not
         refresh, so this needs no text comparison and stays one indexed query.
         """
-        with self.store.read() as tx:
-            return tx.stale_embedding_ids(self.embedder.model_id, limit)
+        return self.embedding.stale(limit)
 
     def reembed_stale(self, batch_size: int = 64, progress: Callable[[int, int], None] | None = None, *,
                       ids: list[int] | None = None) -> int:
-        """Re-embed every stale vector (or the skills `ids`) with the active model, in batches; return how many
-        were done.
-
-        Searches keep working meanwhile: each batch commits on its own, and vector search
-        uses the vectors of the active model that exist so far.
-        """
-        stale = self.stale_embeddings() if ids is None else ids
-        done = 0
-        self.reembed_paused = False
-        for start in range(0, len(stale), batch_size):
-            with self.store.read() as tx:
-                rows = tx.texts(stale[start:start + batch_size])
-            texts = [index_texts(r["name"], r["description"], skillmd.parse_body(r["body"]).frontmatter)[1]
-                     for r in rows]
-            vectors, model = embed_with_model(self.embedder, texts)
-            if model != self.embedder.model_id:
-                log.warning("re-embedding paused: the active model is not answering")
-                self.reembed_paused = True
-                break
-            now = now_text()
-            written = []
-            with self.store.write() as tx:
-                # An update may have changed a text while it was embedded: keep only vectors of the text as it is.
-                current = {r["id"]: r for r in tx.texts([row["id"] for row in rows])}
-                for row, text, vector in zip(rows, texts, vectors, strict=True):
-                    now_row = current.get(row["id"])
-                    if now_row is None or tuple(now_row) != tuple(row):
-                        continue
-                    tx.upsert_embedding(row["id"], encode(vector), int(vector.shape[0]), model, content_hash(text),
-                                        now=now)
-                    written.append((row["id"], vector))
-            for skill_id, vector in written:
-                self._update_vector_index(skill_id, vector, model, active=True)
-            done += len(written)
-            if progress is not None:
-                progress(done, len(stale))
-        return done
+        """Re-embed every stale vector (or the skills `ids`) now, in batches; how many were written."""
+        return self.embedding.reembed_stale(batch_size, progress, ids=ids)
 
     def reembed_in_background(self) -> threading.Thread | None:
-        """Embed stale vectors in a daemon thread; None when a pass is already running.
+        """Re-embed stale vectors in the worker thread; None when it runs already (it makes the pass)."""
+        return self.embedding.reembed_in_background()
 
-        The thread first loads the model if it has a `warm_up()` (so the server's first
-        search does not pay for it). A call that comes while a pass runs makes that pass go
-        round once more, so a skill written meanwhile without a vector is not missed.
-        """
-        self._reembed_wanted.set()
-        if not self._reembed_lock.acquire(blocking=False):
-            return None
+    @property
+    def reembed_paused(self) -> bool:
+        return self.embedding.paused
 
-        def work() -> None:
-            again = False
-            try:
-                warm_up = getattr(self.embedder, "warm_up", None)
-                if warm_up is not None:
-                    if not getattr(self.embedder, "ready", True):
-                        # Let start-up finish first (the server answers tools/list meanwhile);
-                        # a query or write that needs the model sooner loads it itself.
-                        time.sleep(WARM_UP_DELAY_S)
-                    warm_up()
-                count = passes = 0
-                while self._reembed_wanted.is_set() and passes < 10:
-                    self._reembed_wanted.clear()
-                    passes += 1
-                    done = self.reembed_stale(progress=lambda done, total: log.info(
-                        "re-embedded %d/%d skills with %s", done, total, self.embedder.model_id))
-                    count += done
-                    if self.reembed_paused:
-                        break
-                    if done and self.stale_embeddings(limit=1):  # writes during the pass left new gaps
-                        self._reembed_wanted.set()
-                if count:
-                    log.info("re-embedding finished: %d skills", count)
-                again = not self.reembed_paused
-            except Exception:
-                log.exception("re-embedding failed; vector search covers the skills embedded so far")
-            finally:
-                self._reembed_lock.release()
-            if again and self._reembed_wanted.is_set():  # asked for between the last check and the release
-                self.reembed_in_background()
+    @property
+    def _reembed_lock(self) -> threading.Lock:
+        return self.embedding.lock
 
-        thread = threading.Thread(target=work, name="selfmcp-reembed", daemon=True)
-        thread.start()
-        return thread
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Wait until the background work is done: the keyword index built, every queued skill embedded, no
+        pass running (before closing the database, or to read the tables); whether it is."""
+        deadline = time.monotonic() + timeout
+        if not self.keywords.wait_ready(timeout):
+            return False
+        while len(self.embedding.queue) or self.embedding.lock.locked():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+
+def _embedded_text(row: Any) -> str:
+    return index_texts(row["name"], row["description"], skillmd.parse_body(row["body"]).frontmatter)[1]
 
 
 def _fuse(keyword: dict[int, float], vector: dict[int, float]) -> dict[int, float]:

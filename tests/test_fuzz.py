@@ -117,7 +117,7 @@ def session(tmp_path_factory):
     with anyio.from_thread.start_blocking_portal() as portal, \
             portal.wrap_async_context_manager(Client(server)) as client:
         stats = {"calls": 0, "errors": {}}
-        yield portal, client, db_path, stats
+        yield portal, client, db_path, stats, server.registry
     assert stats["calls"] >= CALLS, stats
 
 
@@ -125,8 +125,9 @@ def session(tmp_path_factory):
           suppress_health_check=list(HealthCheck))
 @given(call=calls)
 def test_every_tool_answers_every_input_with_a_result_or_the_error_shape(session, call):
-    portal, client, db_path, stats = session
+    portal, client, db_path, stats, registry = session
     tool, arguments = call
+    assert registry.search_index.wait_idle()  # the vectors of earlier creates are written in the background
     before = fingerprint(db_path)
     result = portal.call(client.call_tool, tool, arguments)  # a protocol error raises here and fails the test
     stats["calls"] += 1

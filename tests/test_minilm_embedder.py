@@ -12,10 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mcp import Client
 
 import skills
 from embeddings import make_embedder
+from selfmcp import embedwork
 from selfmcp.embedders.minilm import DEFAULT_MODEL_DIR, MiniLMEmbedder
+from server import Settings, create_server
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "minilm_reference.json"
 
@@ -103,6 +106,7 @@ def test_after_the_default_changes_every_skill_is_re_embedded_while_searches_kee
         old.create(f"tool_{i}", f"Tool number {i}: converts {['csv', 'json', 'xml'][i % 3]} files, "
                                 f"sends {['email', 'sms', 'fax'][i % 3]} messages.", "print('ok')")
     old.create("send_email", "Send an email to a recipient.", "print('ok')")
+    assert old.search_index.wait_idle()  # writes are embedded in the background
     assert old.search_index.stale_embeddings() == []
 
     gated = GatedEmbedder(minilm)
@@ -159,3 +163,58 @@ def test_a_create_while_the_model_loads_does_not_wait_and_is_embedded_after(tmp_
     reg.search_index._reembed_lock.release()
     assert reg.search_index.stale_embeddings() == []
     assert reg.search("electronic mail", "vector", 1)["results"][0]["id"] == first["id"]
+
+
+class WorkerGate:
+    """The model, except that the background worker's calls wait until `gate` is set (queries do not)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.model_id = inner, inner.model_id
+        self.gate, self.waiting, self.batches = threading.Event(), threading.Event(), []
+
+    def embed(self, texts):
+        if threading.current_thread().name == "selfmcp-embed":
+            self.batches.append(len(texts))
+            self.waiting.set()
+            assert self.gate.wait(60), "the test never opened the gate"
+        return self.inner.embed(texts)
+
+
+TOPICS = ["convert currencies", "send an sms", "resize an image", "translate text", "parse a pdf invoice",
+          "check the weather", "shorten a url", "count words", "compress a folder", "ping a host"]
+
+
+def test_searches_answer_while_the_create_backlog_drains_and_every_skill_ends_up_embedded(tmp_path, minilm,
+                                                                                          monkeypatch):
+    monkeypatch.setattr(embedwork, "SEARCH_WAIT_S", 0.2)  # how long a search waits for a small backlog
+    gated = WorkerGate(minilm)
+    reg = skills.Registry(tmp_path / "skills.db", gated, environ={})
+    created = [reg.create(f"tool_{i}", f"A tool to {topic}.", "print('ok')")["id"] for i, topic in enumerate(TOPICS)]
+    assert gated.waiting.wait(60)  # the worker holds a batch; the rest waits in the queue
+    assert len(reg.search_index.stale_embeddings()) == len(TOPICS)
+    for mode in ("hybrid", "keyword", "vector"):  # every mode answers meanwhile; keyword finds the new skills
+        assert reg.search("translate text", mode, 5)["query"] == "translate text"
+    assert reg.search("translate text", "keyword", 1)["results"][0]["id"] == created[3]
+    monkeypatch.setattr(embedwork, "SEARCH_WAIT_BACKLOG", 3)  # a larger backlog than this is not waited for
+    assert reg.search("resize an image", "hybrid", 1)["results"][0]["id"] == created[2]  # keyword part finds it
+    gated.gate.set()
+    assert reg.search_index.wait_idle()
+    assert reg.search_index.stale_embeddings() == []
+    assert max(gated.batches) > 1  # the queue was embedded in batches
+    for skill_id, topic in zip(created, TOPICS, strict=True):
+        assert reg.search(topic, "vector", 1)["results"][0]["id"] == skill_id
+
+
+PARAPHRASES = {"convert currencies": "change dollars into euros", "send an sms": "text message to a phone",
+               "resize an image": "make a picture smaller", "check the weather": "will it rain tomorrow"}
+
+
+@pytest.mark.anyio
+async def test_a_created_skill_is_found_by_meaning_by_the_very_next_search(tmp_path, minilm):
+    server = create_server(Settings(db_path=tmp_path / "s.db", transport="stdio", embedder=minilm))
+    async with Client(server) as client:
+        for i, (topic, paraphrase) in enumerate(PARAPHRASES.items()):
+            made = await client.call_tool("skill_create", {"name": f"skill_{i}", "description": f"A tool to {topic}.",
+                                                           "body": "print('ok')"})
+            found = await client.call_tool("skill_search", {"query": paraphrase, "mode": "vector", "top_k": 1})
+            assert found.structured_content["results"][0]["id"] == made.structured_content["id"], paraphrase
