@@ -61,6 +61,12 @@ class Migration:
     statements: Sequence[str]
 
 
+# selfmcp/documents.agent_name() in SQL, for a skill name (letters, digits, '_', '.', '-', at most 64): lower
+# case, each '_' or '.' a '-', runs of '-' made one (six halvings cover 64), '-' trimmed at both ends,
+# 'skill' if nothing is left. Only built-in deterministic functions, so it can be indexed.
+AGENT_NAME_SQL = ("coalesce(nullif(trim(" + "replace(" * 6 + "replace(replace(lower(name), '_', '-'), '.', '-')"
+                  + ", '--', '-')" * 6 + ", '-'), ''), 'skill')")
+
 # Entry N-1 takes user_version from N-1 to N, so a crash mid-migration leaves the previous version.
 MIGRATIONS: list[Migration] = [
     Migration("m001_initial_schema", (
@@ -232,6 +238,11 @@ MIGRATIONS: list[Migration] = [
     Migration("m007_version_changes", (
         "alter table skill_versions add column change text",
         "alter table skill_versions add column restored_from integer",
+    )),
+    # Active skills by Agent Skills name (AGENT_NAME_SQL), so the check that a new or renamed skill keeps
+    # its name to itself is one index lookup, not a scan of every name (~10 ms a create at 10,000 skills).
+    Migration("m008_agent_name_index", (
+        f"create index skills_active_agent_name on skills({AGENT_NAME_SQL}) where is_active = 1",
     )),
 ]
 

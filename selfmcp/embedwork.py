@@ -48,6 +48,8 @@ WORKER_NICE = 10
 WARM_UP_DELAY_S = 0.5
 # Database passes one run of the thread makes at most (writes during a pass can leave new gaps).
 MAX_PASSES = 10
+# Times a queued batch is tried again when the database stays locked (then the upkeep's next round).
+BUSY_RETRIES = 3
 
 Publish = Callable[[list[tuple[int, "np.ndarray"]], str], None]
 
@@ -222,14 +224,21 @@ class EmbeddingWorker:
 
     def _work(self) -> None:
         pending: list[int] = []
-        total = done = count = passes = 0
+        total = done = count = passes = busy = 0
         while True:
             taken = self.queue.take(QUEUE_BATCH)
             if taken:  # writes first: a search may be waiting for them
                 try:
                     self.embed_batch(list(taken), any_model=True)
-                finally:
-                    self.queue.done(taken)
+                except sqlite3.OperationalError as exc:  # another writer held the lock past busy_timeout
+                    busy += 1
+                    if busy > BUSY_RETRIES:
+                        raise
+                    log.warning("could not write vectors (%s); trying again", exc)
+                    time.sleep(busy)
+                    continue  # still queued
+                busy = 0
+                self.queue.done(taken)
                 continue
             if pending:
                 batch, pending = pending[:REEMBED_BATCH], pending[REEMBED_BATCH:]

@@ -57,7 +57,7 @@ def write_files(tx: Statements, name: str | None, skill_id: int, files: dict[str
     skill:// URIs would clash."""
     if name is not None:
         wanted = documents.agent_name(name)
-        for row in tx.active_names():
+        for row in tx.active_with_agent_name(wanted):
             if row["id"] != skill_id and documents.agent_name(row["name"]) == wanted:
                 raise SkillExists(f"Skill {row['name']!r} (id {row['id']}) already has the Agent Skills name "
                                   f"{wanted!r}, which {name!r} would share.",

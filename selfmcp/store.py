@@ -101,8 +101,10 @@ class Statements:
     def set_source(self, skill_id: int, source_json: str | None) -> None:
         self.conn.execute("update skills set source_json = ? where id = ?", (source_json, skill_id))
 
-    def active_names(self) -> list[sqlite3.Row]:
-        return self.conn.execute("select id, name from skills where is_active = 1 order by id").fetchall()
+    def active_with_agent_name(self, agent_name: str) -> list[sqlite3.Row]:
+        """Active skills whose Agent Skills name is `agent_name` (db.AGENT_NAME_SQL: one index lookup)."""
+        return self.conn.execute(f"select id, name from skills where is_active = 1 and {db.AGENT_NAME_SQL} = ? "
+                                 "order by id", (agent_name,)).fetchall()
 
     # -- file contents, one row per digest (shared by every version that has the file)
 

@@ -14,8 +14,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 from mcp import Client
 
+import db
 import skills
 from conftest import FakeEmbedder, assert_error
 from selfmcp import documents, errors, transfer
@@ -127,6 +129,14 @@ def test_two_skills_may_not_share_an_agent_skills_name(reg):
     with pytest.raises(skills.SkillExists):
         reg.update(other, name="my-skill")
     assert documents.agent_name("My__Skill..v2") == "my-skill-v2"
+
+
+@settings(max_examples=500, deadline=None, database=None, derandomize=True)
+@given(name=st.from_regex(skills.NAME_RE, fullmatch=True) | st.text("_.-aZ9", min_size=1, max_size=64))
+def test_the_indexed_agent_name_in_sql_is_the_agent_name(name):
+    with sqlite3.connect(":memory:") as conn:  # the clash check looks names up by db.AGENT_NAME_SQL
+        assert conn.execute(f"select {db.AGENT_NAME_SQL} from (select ? as name)", (name,)).fetchone()[0] == \
+            documents.agent_name(name)
 
 
 # ------------------------------------------------------------------------------ what runs
