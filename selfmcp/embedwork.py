@@ -28,14 +28,11 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
 
 from embeddings import Embedder, content_hash, embed_with_model, encode
+from selfmcp.embedders.lazynp import np
 from selfmcp.store import SkillStore, now_text
-
-if TYPE_CHECKING:
-    import numpy as np
 
 log = logging.getLogger("selfmcp.search")
 
@@ -48,10 +45,15 @@ WORKER_NICE = 10
 WARM_UP_DELAY_S = 0.5
 # Database passes one run of the thread makes at most (writes during a pass can leave new gaps).
 MAX_PASSES = 10
+# The worker embeds EMBED_CHUNK texts at a time and, before each chunk, waits while a search computes its
+# vector scores (and SEARCH_GRACE_S after the last one), at most YIELD_MAX_S: searches come first.
+EMBED_CHUNK = 16
+SEARCH_GRACE_S = 0.05
+YIELD_MAX_S = 0.5
 # Times a queued batch is tried again when the database stays locked (then the upkeep's next round).
 BUSY_RETRIES = 3
 
-Publish = Callable[[list[tuple[int, "np.ndarray"]], str], None]
+Publish = Callable[[list[tuple[int, "np.ndarray"]], str], None]  # a string: np is imported on first use
 
 
 class EmbedQueue:
@@ -126,6 +128,32 @@ class EmbeddingWorker:
         self.lock = threading.Lock()  # held by the running thread
         self._wanted = threading.Event()  # a database pass is asked for
         self.paused = False
+        self._search_cv = threading.Condition()
+        self._searches = 0
+        self._last_search = 0.0
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        """Around a search's own work: the worker does not start a chunk meanwhile."""
+        with self._search_cv:
+            self._searches += 1
+        try:
+            yield
+        finally:
+            with self._search_cv:
+                self._searches -= 1
+                self._last_search = time.monotonic()
+                self._search_cv.notify_all()
+
+    def _yield_to_searches(self) -> None:
+        deadline = time.monotonic() + YIELD_MAX_S
+        with self._search_cv:
+            while True:
+                now = time.monotonic()
+                wait = deadline - now if self._searches else min(deadline, self._last_search + SEARCH_GRACE_S) - now
+                if wait <= 0:
+                    return
+                self._search_cv.wait(wait)
 
     def stale(self, limit: int | None = None) -> list[int]:
         """Active skills with no vector of the active model (missing, or another model's): one indexed query."""
@@ -147,7 +175,7 @@ class EmbeddingWorker:
                 rows, texts = [rows[i] for i in keep], [texts[i] for i in keep]
         if not rows:
             return 0
-        vectors, model = embed_with_model(self.embedder, texts)
+        vectors, model = self._embed(texts)
         if model != self.embedder.model_id and not any_model:
             return None
         now = now_text()
@@ -163,6 +191,16 @@ class EmbeddingWorker:
                 written.append((row["id"], vector))
         self.publish(written, model)
         return len(written)
+
+    def _embed(self, texts: list[str]) -> tuple[np.ndarray, str]:
+        """`texts` embedded EMBED_CHUNK at a time, each chunk after any search running now."""
+        chunks = []
+        for start in range(0, len(texts), EMBED_CHUNK):
+            self._yield_to_searches()
+            chunks.append(embed_with_model(self.embedder, texts[start:start + EMBED_CHUNK]))
+        if len({model for _, model in chunks}) > 1:  # a fallback took over midway: one model for the batch
+            return embed_with_model(self.embedder, texts)
+        return np.concatenate([v for v, _ in chunks]), chunks[0][1]
 
     def _is_current(self, stored: sqlite3.Row | None, text: str) -> bool:
         return (stored is not None and stored["model"] == self.embedder.model_id

@@ -185,6 +185,9 @@ class VectorIndex:
     def __len__(self) -> int:
         return len(self._row_of)
 
+    def __contains__(self, skill_id: object) -> bool:
+        return skill_id in self._row_of
+
     def upsert(self, skill_id: int, vector: np.ndarray) -> None:
         vector = np.asarray(vector, dtype=np.float32).reshape(-1)
         if vector.shape[0] != self.dim:
@@ -389,16 +392,18 @@ class Search:
         """Rank skills for `query` (arguments already validated); see the module docstring."""
         keyword = self._keyword_scores(query) if mode != "vector" else {}
         vector: dict[int, float] | None = None
+        index: VectorIndex | None = None
         if mode != "keyword":
             # a small backlog of writes (a client that just created skills) is waited for; a bulk one is not
             self.embedding.queue.wait_for(embedwork.SEARCH_WAIT_BACKLOG, embedwork.SEARCH_WAIT_S)
-            vector = self._vector_scores(query, mode, top_k)
+            with self.embedding.searching():  # the worker waits meanwhile: a search comes first
+                vector, index = self._vector_scores(query, mode, top_k)
         if mode == "keyword" or (mode == "hybrid" and vector is None):
             scores = keyword
         elif mode == "vector":
             scores = {i: max(0.0, s) for i, s in (vector or {}).items()}
-        else:
-            scores = _fuse(keyword, vector or {})
+        else:  # a skill still waiting for its vector (a bulk import's backlog) is ranked by its keywords alone
+            scores = _fuse(keyword, vector or {}, {i for i in keyword if index is not None and i not in index})
         out: dict[str, Any] = {"query": query, "mode": mode, "results": self._rank(scores, top_k)}
         if mode != "keyword" and vector is None:
             out["note"] = "The query could not be embedded; results are keyword matches only."
@@ -448,29 +453,31 @@ class Search:
             self._indexes[model] = index
             return index
 
-    def _vector_scores(self, query: str, mode: SearchMode, top_k: int) -> dict[int, float] | None:
-        """Cosine similarity of the best candidates; None when the query can't be embedded.
+    def _vector_scores(self, query: str, mode: SearchMode,
+                       top_k: int) -> tuple[dict[int, float] | None, VectorIndex | None]:
+        """Cosine similarity of the best candidates (None when the query can't be embedded), and the index.
 
         Hybrid takes VECTOR_CANDIDATES, min-max normalised over every skill of the model, so
         they fuse with keyword scores on one scale; vector mode takes top_k raw cosines.
         """
         found = self._query_vector(query)
         if found is None:
-            return None
+            return None, None
         qvec, model = found
         if not np.any(qvec):
-            return {}
-        ids, sims = self._index(model, int(qvec.shape[0])).similarities(qvec)
+            return {}, None
+        index = self._index(model, int(qvec.shape[0]))
+        ids, sims = index.similarities(qvec)
         if len(ids) == 0:
-            return {}
+            return {}, index
         candidates = VECTOR_CANDIDATES if mode == "hybrid" else top_k
         take = min(candidates, len(ids))
         top = np.argpartition(-sims, take - 1)[:take]
         if mode == "hybrid":
             lo, hi = float(sims.min()), float(sims.max())
             span = hi - lo if hi > lo else 1.0
-            return {int(ids[i]): (float(sims[i]) - lo) / span for i in top}
-        return {int(ids[i]): float(sims[i]) for i in top}
+            return {int(ids[i]): (float(sims[i]) - lo) / span for i in top}, index
+        return {int(ids[i]): float(sims[i]) for i in top}, index
 
     def _rank(self, scores: dict[int, float], top_k: int) -> list[dict[str, Any]]:
         """The `top_k` best of `scores` (ties by id) as summary records with their score."""
@@ -537,6 +544,8 @@ def _embedded_text(row: Any) -> str:
     return index_texts(row["name"], row["description"], skillmd.parse_body(row["body"]).frontmatter)[1]
 
 
-def _fuse(keyword: dict[int, float], vector: dict[int, float]) -> dict[int, float]:
+def _fuse(keyword: dict[int, float], vector: dict[int, float], unembedded: set[int]) -> dict[int, float]:
+    """VECTOR_WEIGHT * vector + the rest * keyword; a skill with no vector yet scores its keyword score."""
     ids = set(keyword) | set(vector)
-    return {i: VECTOR_WEIGHT * vector.get(i, 0.0) + (1 - VECTOR_WEIGHT) * keyword.get(i, 0.0) for i in ids}
+    return {i: keyword[i] if i in unembedded else
+            VECTOR_WEIGHT * vector.get(i, 0.0) + (1 - VECTOR_WEIGHT) * keyword.get(i, 0.0) for i in ids}
