@@ -103,7 +103,7 @@ def main() -> None:
         report["costs"] = model_costs(args.model, texts, [q["query"] for q in queries[:300]], args.repeat)
     warm_up = getattr(embedder, "warm_up", None)
     if warm_up is not None:
-        warm_up()  # so every create embeds at once, as on a running server
+        warm_up()
     with tempfile.TemporaryDirectory() as tmp:
         reg = skills.Registry(Path(tmp) / "bench.db", embedder, environ={})
         reg.search_index._query_cache.size = 2 * len(queries)  # each request embedded once for all modes
@@ -112,6 +112,7 @@ def main() -> None:
         for tool in tools:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", tool["name"])  # as the shared harness retries
             by_id[reg.create(name, tool["description"], "print('ok')")["id"]] = tool["name"]
+        reg.search_index.wait_idle()  # every vector made (creates are embedded in the background)
         for mode in ("keyword", "vector", "hybrid"):
             report[mode] = evaluate(reg, queries, by_id, mode)
     print(json.dumps(report, indent=1))

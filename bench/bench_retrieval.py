@@ -71,6 +71,7 @@ def main() -> None:
         for tool in tools:
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", tool["name"])  # as the shared harness retries
             by_id[reg.create(name, tool["description"], "print('ok')")["id"]] = tool["name"]
+        reg.search_index.wait_idle()  # every vector made (creates are embedded in the background)
         report = {"embedder": reg.embedder.model_id, "skills": len(tools), "queries": len(queries)}
         for mode in ("keyword", "vector", "hybrid"):
             report[mode] = evaluate(reg, queries, by_id, mode)

@@ -174,11 +174,11 @@ class VectorIndex:
     Removal swaps the last row into the hole, keeping the matrix dense.
     """
 
-    def __init__(self, model_id: str, dim: int) -> None:
+    def __init__(self, model_id: str, dim: int, capacity: int = 64) -> None:
         self.model_id = model_id
         self.dim = dim
-        self._matrix = np.zeros((64, dim), dtype=np.float32)
-        self._ids = np.zeros(64, dtype=np.int64)
+        self._matrix = np.zeros((max(64, capacity), dim), dtype=np.float32)
+        self._ids = np.zeros(max(64, capacity), dtype=np.int64)
         self._row_of: dict[int, int] = {}
         self._lock = threading.Lock()
 
@@ -197,7 +197,7 @@ class VectorIndex:
             if row is None:
                 row = len(self._row_of)
                 if row >= self._matrix.shape[0]:
-                    grow = max(64, self._matrix.shape[0])
+                    grow = max(64, self._matrix.shape[0] // 4)  # not doubling: 100,000 rows are 150 MB
                     self._matrix = np.vstack([self._matrix, np.zeros((grow, self.dim), np.float32)])
                     self._ids = np.concatenate([self._ids, np.zeros(grow, np.int64)])
                 self._row_of[skill_id] = row
@@ -446,8 +446,8 @@ class Search:
             index = self._indexes.get(model)
             if index is not None and index.dim == dim:
                 return index
-            index = VectorIndex(model, dim)
             with self.store.read() as tx:
+                index = VectorIndex(model, dim, capacity=tx.count_active() + 64)  # room for every skill
                 for skill_id, blob in tx.active_vectors(model, dim):
                     index.upsert(skill_id, decode(blob))
             self._indexes[model] = index
