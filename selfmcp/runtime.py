@@ -2,8 +2,9 @@
 
 `Runtime` is built once from a validated `ExecutionConfig`. `Runtime.run(prepared)` builds or
 reuses the dependency environment, gives the run its environment (never the server's own
-secrets), runs it through `executor.Runner`, records it in skill_runs (by one writer thread,
-off the reply's path) and redacts every secret value from what it returns.
+secrets), runs it through `executor.Runner` confined by selfmcp/confine.py, records it in
+skill_runs (by one writer thread, off the reply's path) and redacts every secret value from what
+it returns.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import executor
-from selfmcp import depenv, redact
+from selfmcp import confine, depenv, redact
 from selfmcp.errors import SandboxUnavailable
 from selfmcp.store import SkillStore, Statements, now_text
 
@@ -94,15 +95,15 @@ class Runtime:
         db_dir = Path(os.path.abspath(store.db.path)).parent
         hidden = [db_dir, Path(__file__).resolve().parents[1], Path.cwd()]
         try:
-            self.sandbox = executor.resolve_sandbox(config.sandbox, network=config.sandbox_network, hidden=hidden)
+            self.sandbox = confine.resolve_sandbox(config.sandbox, network=config.sandbox_network, hidden=hidden)
         except (RuntimeError, ValueError) as exc:
             raise ExecutionConfigError(str(exc)) from None
         # No run (of any uid) can read this process's environment through /proc.
-        self.not_dumpable = executor.make_not_dumpable()
-        self.runner = executor.Runner(
-            limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes,
-                                   processes=config.max_processes, workdir_mb=config.workdir_mb),
-            sandbox=self.sandbox, concurrency=config.concurrency)
+        self.not_dumpable = confine.make_not_dumpable()
+        self.runner = confine.runner(
+            self.sandbox, limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes,
+                                                 processes=config.max_processes, workdir_mb=config.workdir_mb),
+            concurrency=config.concurrency)
         self.redactor = redact.Redactor.from_environ(environ)
         self.envs = depenv.EnvCache(config.env_dir or db_dir / "envs", environ=environ, sandbox=self.sandbox,
                                     allow_source_builds=config.allow_source_builds, redact=self.redactor.redact)
@@ -119,7 +120,7 @@ class Runtime:
                 "concurrency": self.config.concurrency, "env_dir": str(self.envs.root),
                 "installer": self.envs.installer, "redacted_variables": len(self.redactor.names),
                 "source_builds": self.config.allow_source_builds, "refused": self.refuses_runs,
-                "in_force": in_force(self.runner) | {
+                "in_force": self.runner.confinement.in_force() | {
                     "server_environ": "unreadable to runs (the server is not dumpable)" if self.not_dumpable
                     else "READABLE by runs of the server's uid (prctl failed)"}}
 
@@ -213,33 +214,6 @@ class Runtime:
             out["note"] = (f"Output beyond {self.config.max_output_bytes} bytes per stream was dropped; "
                            "stdout_bytes and stderr_bytes say how much the skill wrote.")
         return out
-
-
-def in_force(runner: executor.Runner) -> dict[str, object]:
-    """Which protections and limits a runner puts in force, in words (start-up log, selfmcp_about)."""
-    lim = runner.limits
-    isolation = {
-        "bwrap": "bubblewrap: own PID namespace, read-only system view, database and server directory hidden, "
-                 "read-only /dev and /proc/sys, /etc/shadow masked, no capabilities",
-        "landlock": "Landlock (no bubblewrap): database and server directory unreadable, writes only in the "
-                    "run's directory, no signals to the server; same PID namespace",
-        "none": "NONE: skills can read everything this server's user can, including the database",
-    }[runner.sandbox.mode]
-    uids = runner.uids
-    uid = (f"each run as its own unprivileged uid ({uids.for_slot(0)}-{uids.for_slot(runner.concurrency - 1)})"
-           if uids else ("the server's uid (root, without capabilities)" if os.geteuid() == 0 else "the server's uid"))
-    if runner.cgroups is not None:
-        totals = runner.cgroups.describe()
-    elif runner.uids is not None:
-        totals = (f"{lim.processes} processes per run (RLIMIT_NPROC of the run's uid); memory only per process "
-                  f"({lim.memory_mb} MiB each): no cgroup here")
-    else:
-        totals = (f"memory only per process ({lim.memory_mb} MiB each) and no total process bound: no cgroup "
-                  "here")
-    disk = (f"working directory a {lim.workdir_mb} MiB tmpfs" if runner.sandbox.mode == "bwrap"
-            else f"working directory on disk, files up to {lim.file_size_mb} MiB each, no total bound")
-    return {"isolation": isolation, "uid": uid, "totals": totals, "disk": disk,
-            "server_environ": "unreadable to runs (the server is not dumpable)"}
 
 
 def run_stats(tx: Statements, skill_id: int) -> dict[str, Any]:
