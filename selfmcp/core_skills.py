@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 
 if TYPE_CHECKING:
+    from selfmcp.search import Search
+    from selfmcp.store import SkillStore
     from selfmcp.vault import Vault
 
 # What every client is told at initialize: the workflow with the eight tools.
@@ -181,6 +184,20 @@ _ENV_KEYS_BODY = textwrap.dedent('''\
     print(json.dumps({"known_services": known, "detected_credential_env_vars": detected,
                       "vault_entries": vault}, indent=2))
 ''')
+
+
+def seed(store: SkillStore, search: Search, create: Callable[[dict[str, str]], object]) -> None:
+    """Create each core skill that is missing or deleted (through `create`); mark an existing one core."""
+    for spec in CORE_SKILLS:
+        with store.read() as tx:
+            row = tx.skill_by_name(spec["name"])
+        if row is None or not row["is_active"]:
+            create(spec)
+        elif not row["is_core"]:
+            with store.write() as tx:
+                tx.mark_core(row["id"])
+    with store.read() as tx:
+        search.core_ids = tx.core_ids()
 
 
 def run_env(row: sqlite3.Row, vault: Vault) -> dict[str, str]:

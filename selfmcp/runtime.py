@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import executor
-from selfmcp import confine, depenv, redact
+from selfmcp import confine, core_skills, credentials, depenv, folders, redact, schemas
 from selfmcp.errors import SandboxUnavailable
+from selfmcp.secret_links import SecretLinks
 from selfmcp.store import SkillStore, Statements, now_text
+from selfmcp.vault import Vault, missing_error
 
 log = logging.getLogger("selfmcp.runtime")
 
@@ -79,6 +81,28 @@ class PreparedRun:
     # The skill's vault values (selfmcp/vault.py): set in this run's environment over the server's, and redacted.
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
     extra_env: Mapping[str, str] = field(default_factory=dict)  # not secret (e.g. the vault's entry names)
+
+
+def prepare(row: Any, params_json: str, timeout_s: float, started: float, *, store: SkillStore, vault: Vault,
+            links: SecretLinks, environ: Mapping[str, str]) -> PreparedRun:
+    """The run of the stored skill `row`: params checked against its schema, its credentials found, its folder.
+
+    Raises the errors a client can act on (invalid_params, missing_credentials, not_executable).
+    The time spent here (since `started`, monotonic) counts against `timeout_s`.
+    """
+    schema = json.loads(row["params_schema_json"]) if row["params_schema_json"] else None
+    if schema:
+        schemas.check_run_params(schema, json.loads(params_json), row, timeout_s=timeout_s, started=started)
+    auth = json.loads(row["auth_config_json"]) if row["auth_config_json"] else None
+    secrets = vault.values_for(row["id"], auth) if auth else {}
+    missing = credentials.missing_env_vars(auth, environ, secrets)
+    if missing:
+        raise missing_error(row["id"], row["name"], missing, environ, *links.offer(row["id"]))
+    run, files = folders.SkillFolders(store).runnable(row)
+    return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json,
+                       max(timeout_s - (time.monotonic() - started), 0.1),
+                       tuple(json.loads(row["dependencies_json"] or "[]")), tuple(credentials.required_env_vars(auth)),
+                       files, run.script, secrets, core_skills.run_env(row, vault))
 
 
 class Runtime:
