@@ -10,23 +10,18 @@ runs. Each run gets:
   `preexec_fn` runs in the server;
 - at most `max_output_bytes` kept of each of stdout and stderr, while the bytes
   produced are still counted;
-- bubblewrap (`Sandbox.mode == "bwrap"`): a PID namespace, no capabilities, a read-only
-  view of the system with only its working directory (a tmpfs of `Limits.workdir_mb`)
-  writable, a read-only /dev and /proc/sys, /etc/shadow masked, and none of the paths in
-  `Sandbox.hidden` (the database's and the server's directories). A root server runs each
-  slot's skills as its own unprivileged uid (`confine.RunUids`, switched by setpriv);
-- or, without bubblewrap, Landlock (`Sandbox.mode == "landlock"`): the same paths hidden,
-  writes only in the run's directory, no signals to the server (see confine.py);
-- where the system allows, a cgroup per slot bounding the run's TOTAL memory and process
-  count; the child waits on a pipe until the server has moved it there.
+- the confinement it is given (`Runner(confinement=...)`): how the run's first process
+  is started (a sandbox's argv, file descriptors, environment) and how every process of the
+  run is found and killed. selfmcp/confine.py builds the real ones (bubblewrap, Landlock, a
+  uid per slot, cgroups); without one a run is only its own session (`Unconfined`).
+  This module imports no module of the project: the sandbox is plugged in, not imported.
 
 The skill's code, params and compiled code are written to `<workdir>/.in`, read-only in
 the sandbox; params longer than `_PARAMS_IN_ENV` reach SELFMCP_PARAMS through that file
 (Linux caps one environment string at 128 KiB).
 
-Warm sandboxes: when a run ends, every free slot gets a sandbox started as a cold run's
-would be, with `_WARM_STUB` for a prelude; it serves one run (same interpreter, paths and
-environment, else it is discarded) and dies with it. See the README's "Execution".
+Started ahead: a subclass (selfmcp/warm.py) may hand a run a process started before it,
+waiting for its prelude on stdin (`_take_warm` and the other hooks at the end of `Runner`).
 """
 
 from __future__ import annotations
@@ -45,9 +40,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass
-
-import confine
 
 log = logging.getLogger("selfmcp.executor")
 
@@ -60,7 +54,9 @@ _READ_CHUNK = 1 << 16
 
 # Runs in the skill's interpreter before its code: set the limits (soft = hard, so the
 # skill cannot raise them back; never above a hard limit the server already has), then
-# run the script as `python skill.py` would, in __main__. {load} puts the code object in
+# run the script as `python skill.py` would, in __main__, and end as the interpreter would
+# (threads joined, atexit handlers, open files flushed, the same exit status) but through
+# os._exit, without tearing every module down (~2-3 ms). {load} puts the code object in
 # `_c`: unmarshalled from what the server compiled when the interpreter is the server's
 # own (a first compile() in a fresh interpreter costs ~2 ms), else compiled from source.
 _PRELUDE = """\
@@ -81,8 +77,36 @@ _s.argv[:] = [_p]
 _s.path[0] = {script_dir!r}
 __file__ = _p
 {load}
-{params}{site}del _r, _s, _k, _v, _h, _p, _f, _hook
-exec(globals().pop("_c"))
+{params}def _main(_c, _s=_s):
+    try:
+        exec(_c, _s.modules["__main__"].__dict__)
+    except SystemExit as _e:
+        _x = 0 if _e.code is None else _e.code
+        if not isinstance(_x, int):
+            print(_x, file=_s.stderr)
+            _x = 1
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        _s.excepthook(*_s.exc_info())
+        _x = 1
+    else:
+        _x = 0
+    import atexit, gc, io, os
+    try:  # what the interpreter does at exit, but tearing down modules (~2-3 ms)
+        if "threading" in _s.modules:
+            _s.modules["threading"]._shutdown()
+        atexit._run_exitfuncs()
+        for _o in gc.get_objects():  # files the skill left open keep what it wrote
+            if type(_o) in (io.TextIOWrapper, io.BufferedWriter, io.BufferedRandom) and not _o.closed:
+                try:
+                    _o.flush()
+                except Exception:
+                    pass
+    finally:
+        os._exit(_x & 255)
+del _r, _s, _k, _v, _h, _p, _f, _hook
+globals().pop("_main")(globals().pop("_c"))
 """
 _LOAD_SOURCE = """with open({code_path!r}, "rb") as _f:
     _c = compile(_f.read(), _p, "exec")"""
@@ -90,9 +114,6 @@ _LOAD_MARSHAL = """import marshal
 with open({code_path!r}, "rb") as _f:
     _c = marshal.loads(_f.read())
 del marshal"""
-# The run's first process joins its slot's cgroups ("0" moves the writer) and then becomes the
-# run, so every process the run starts is born inside them: no race, no /proc scan.
-_JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; exec "$@"'
 # A skill's files, written by the server under .in/files, become the run's working directory's own.
 _FILES = """import os as _o, shutil as _sh
 for _d, _ds, _fs in _o.walk({src!r}):
@@ -107,38 +128,6 @@ with open({path!r}, encoding="utf-8") as _f:
     _o.environ["SELFMCP_PARAMS"] = _f.read()
 del _o
 """
-_SITE = "import site as _site\n_site.main()\ndel _site\n"
-# A sandbox started ahead of its run waits here, not dumpable (no process of its uid reads its
-# environment), for its prelude on stdin; stdin is then /dev/null as in any run. It leaves after
-# {idle} s unused or when the server goes (stdin closes). Its run makes it dumpable again, and
-# _WARM_HEADER tells it what it learns only then: its directory (outside bubblewrap), temp dirs.
-_WARM_STUB = """\
-import ctypes as _ct, os as _o, select as _sl, resource as _rs, marshal as _ms  # the prelude's, loaded early
-_l = _ct.CDLL(None)
-_l.prctl(4, 0, 0, 0, 0)
-{site}if not _sl.select([0], [], [], {idle})[0]:
-    _o._exit(0)
-_b = []
-while _x := _o.read(0, 1 << 16):
-    _b.append(_x)
-_x = _o.open("/dev/null", _o.O_RDONLY)
-_o.dup2(_x, 0)
-_o.close(_x)
-if not _b:
-    _o._exit(0)
-_b = b"".join(_b)
-del _o, _sl, _x, _rs, _ms
-exec(compile(_b, "<string>", "exec"))
-"""
-_WARM_HEADER = """\
-_l.prctl(4, 1, 0, 0, 0)
-del _b, _ct, _l
-import os as _o
-_o.environ.update({env!r})
-_o.chdir({workdir!r})
-del _o
-"""
-_WARM_IDLE_S = 60
 # Code larger than this is compiled in a worker thread rather than on the event loop.
 _INLINE_COMPILE_CHARS = 32 * 1024
 
@@ -153,18 +142,6 @@ class Limits:
     cpu_s: int | None = None  # None: the run's timeout, rounded up, plus one second
     processes: int = 128  # per run, in total (cgroup; else RLIMIT_NPROC of the slot's uid)
     workdir_mb: int = 256  # size of the working directory (a tmpfs under bubblewrap)
-
-
-@dataclass(frozen=True)
-class _Warm:
-    """A slot's sandbox started ahead of its run, for a run with this interpreter, paths and environment."""
-
-    proc: subprocess.Popen[bytes]
-    key: tuple[str, tuple[str, ...]]
-    env: Mapping[str, str]
-    token: str
-    since: int
-    workdir: str | None  # under bubblewrap its directory is mounted at start; else made with the run
 
 
 @dataclass
@@ -182,18 +159,39 @@ class ExecResult:
     sandbox: str = "none"
 
 
-# The sandbox's pieces (bubblewrap argv, Landlock, uids, cgroups) live in confine.py.
-make_not_dumpable = confine.make_not_dumpable
-Sandbox, resolve_sandbox, probe_bwrap = confine.Sandbox, confine.resolve_sandbox, confine.probe_bwrap
-python_roots, bwrap_mounts, bwrap_workdir = confine.python_roots, confine.bwrap_mounts, confine.bwrap_workdir
-setpriv_argv, SANDBOX_MODES = confine.setpriv_argv, confine.SANDBOX_MODES
+CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
-# ---------------------------------------------------------------------- process control
+def boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/<pid>/stat uses for start times."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLK_TCK)
 
-# Finding and killing every process of a run lives in confine.py.
-kill_run, find_run_processes, _boot_ticks = confine.kill_run, confine.find_run_processes, confine.boot_ticks
-_CLK_TCK = confine.CLK_TCK
+
+class Unconfined:
+    """A Runner's confinement when it is given none: a run is only its own session and process group.
+
+    The interface every confinement offers (selfmcp.confine.Confinement is the real one):
+    `mode` (reported with each result), `workdir_at_start` (the working directory must exist
+    when a sandbox starts ahead of its run), `private_pids`, `command()`, `own_uid()` and `kill()`.
+    """
+
+    mode = "none"
+    workdir_at_start = False
+    private_pids = False  # a PID namespace of its own: no other run sees its processes
+
+    def command(self, first: str, *, python: str, read_only: Sequence[str], workdir: str | None, slot: int,
+                env: dict[str, str]) -> tuple[list[str], list[int]]:
+        """The argv that starts a run's first process running the Python code `first`, and fds it keeps."""
+        return [python, "-c", first], []
+
+    def own_uid(self, slot: int) -> bool:
+        """Whether the slot's runs have a uid to themselves (so RLIMIT_NPROC bounds the run's total)."""
+        return False
+
+    def kill(self, session: int, token: bytes, since_ticks: int, slot: int, *, thorough: bool) -> None:
+        """SIGKILL every process of the run started as `session` (its environment carries `token`)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(session, signal.SIGKILL)
 
 
 class _Capture:
@@ -311,33 +309,21 @@ def _rlimits(limits: Limits, timeout_s: float, *, own_uid: bool) -> str:
 class Runner:
     """Runs skills with the given limits and sandbox, at most `concurrency` at a time (one per slot)."""
 
-    def __init__(self, *, limits: Limits | None = None, sandbox: Sandbox | None = None,
-                 concurrency: int = 4, tmp_root: str | None = None, prestart: bool = True) -> None:
+    def __init__(self, *, limits: Limits | None = None, confinement: Any = None,
+                 concurrency: int = 4, tmp_root: str | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency!r}")
         self.limits = limits or Limits()
-        self.sandbox = sandbox or Sandbox()
+        self.confinement = confinement if confinement is not None else Unconfined()
         self.concurrency = concurrency
         # Every run's directory lives in a root of its own: Landlock lets runs write only there.
         self.tmp_root = tempfile.mkdtemp(prefix="selfmcp-runs-", dir=tmp_root)
         os.chmod(self.tmp_root, 0o711)
         self._free = list(range(concurrency))
         self._slots = asyncio.Semaphore(concurrency)
-        self.uids = (confine.RunUids.probe(concurrency) if self.sandbox.mode == "bwrap" and self.sandbox.setpriv
-                     else None)
-        self.cgroups = confine.CgroupSlots.create(concurrency, memory_bytes=self.limits.memory_mb << 20,
-                                                  pids=self.limits.processes or 1 << 22)
-        if self.cgroups is not None:
-            atexit.register(self.cgroups.close)
-        atexit.register(_remove_tree, self.tmp_root)
-        # Per interpreter (and extra paths): the answers only change when files are replaced.
+        atexit.register(remove_tree, self.tmp_root)
+        # Per interpreter: the answer only changes when files are replaced.
         self._same_interpreter: dict[str, bool] = {}
-        self._mounts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
-        self._rulesets: dict[tuple[str, tuple[str, ...]], int] = {}
-        # After a run, its slot's next sandbox is started at once (off the reply's path).
-        self.prestart = prestart
-        self._warm: dict[int, _Warm] = {}
-        self._closed = False
         atexit.register(self.close)
 
     async def run(self, code: str, params_json: str, *, env: Mapping[str, str], timeout_s: float,
@@ -357,9 +343,10 @@ class Runner:
                 await self._slots.acquire()
         except TimeoutError:
             waited = round((time.perf_counter() - started) * 1000, 1)
-            return ExecResult("", "", None, True, waited, queued_ms=waited, sandbox=self.sandbox.mode)
+            return ExecResult("", "", None, True, waited, queued_ms=waited, sandbox=self.confinement.mode)
         slot = self._pick_slot()
         try:
+            await self._slot_ready(slot)
             queued_ms = round((time.perf_counter() - started) * 1000, 1)
             result = await self._run(code, params_json, env=env, deadline=deadline, timeout_s=timeout_s,
                                      python=python, read_only=read_only, slot=slot, files=files or {},
@@ -387,54 +374,24 @@ class Runner:
                                       script=script if files else None, warm=warm)
         finally:
             # Every process of the run is dead: its directory goes in a worker thread, off the reply's path.
-            loop = asyncio.get_running_loop()
-            loop.run_in_executor(None, _remove_tree, workdir)
-            if self.prestart:  # the next runs find their sandboxes already started
-                loop.call_later(0.005, self._prestart_free, python, tuple(read_only), dict(env))  # after the reply
+            asyncio.get_running_loop().run_in_executor(None, remove_tree, workdir)
+            self._after_run(python, tuple(read_only), dict(env))
 
     def _new_workdir(self) -> str:
         workdir = tempfile.mkdtemp(prefix="run-", dir=self.tmp_root)
         os.mkdir(os.path.join(workdir, ".in"), 0o755)
         return workdir
 
-    def _ruleset(self, python: str, read_only: Sequence[str]) -> int:
-        key = (python, tuple(read_only))
-        fd = self._rulesets.get(key)
-        if fd is None:
-            fd = self._rulesets[key] = confine.landlock_ruleset(
-                hidden=self.sandbox.hidden, read=[*python_roots(python), *read_only], write=[self.tmp_root],
-                network=self.sandbox.network)
-        return fd
-
     def _spawn(self, first: str, *, python: str, read_only: Sequence[str], workdir: str | None, slot: int,
                env: Mapping[str, str], stdin: int) -> tuple[subprocess.Popen[bytes], str, int]:
-        """Start `first` (a prelude, or the warm stub) in the slot's sandbox; return it, its token and start."""
+        """Start `first` (a prelude, or a stub that waits for one) in the slot's sandbox: it, its token, start."""
         token = secrets.token_hex(12)
         child_env = {**env, "PYTHONUNBUFFERED": "1", RUN_ID_VAR: token}
         if workdir is not None:
             child_env.update(TMPDIR=workdir, TMP=workdir, TEMP=workdir)
-        mode = self.sandbox.mode
-        uid = self.uids.for_slot(slot) if self.uids is not None else None
-        pass_fds: list[int] = []
-        landlock = ""
-        if mode == "landlock":
-            ruleset = self._ruleset(python, read_only)
-            pass_fds.append(ruleset)
-            landlock = confine.LANDLOCK_PRELUDE.format(fd=ruleset)
-        argv = [python, "-S", "-c", landlock + first] if mode == "landlock" else [python, "-c", first]
-        if mode == "bwrap":
-            assert workdir is not None
-            child_env["HOME"] = workdir  # the real home is not visible (or writable) in the sandbox
-            key = (python, tuple(read_only))
-            mounts = self._mounts.get(key)
-            if mounts is None:
-                mounts = self._mounts[key] = bwrap_mounts(self.sandbox, python=python, read_only=read_only)
-            drop = setpriv_argv(self.sandbox.setpriv, uid) if self.sandbox.setpriv and uid is not None else []
-            argv = [*mounts, *bwrap_workdir(workdir, self.limits.workdir_mb), *drop, *argv]
-        if self.cgroups is not None:
-            dirs = self.cgroups.slots[slot]
-            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(dirs)), *dirs, *argv]
-        since = _boot_ticks()
+        argv, pass_fds = self.confinement.command(first, python=python, read_only=read_only, workdir=workdir,
+                                                  slot=slot, env=child_env)
+        since = boot_ticks()
         proc = subprocess.Popen(argv, cwd=workdir or self.tmp_root, env=child_env, stdin=stdin,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                                 pass_fds=pass_fds)
@@ -442,7 +399,7 @@ class Runner:
 
     async def _run_in(self, workdir: str, code: str, params_json: str, *, env: Mapping[str, str],
                       deadline: float, timeout_s: float, python: str, read_only: Sequence[str],
-                      slot: int, script: str | None, warm: _Warm | None) -> ExecResult:
+                      slot: int, script: str | None, warm: Any) -> ExecResult:
         inputs = os.path.join(workdir, ".in")
         code_file = os.path.join(inputs, "skill.py")
         with open(code_file, "w", encoding="utf-8") as fh:
@@ -472,14 +429,10 @@ class Runner:
             with open(params_path, "w", encoding="utf-8") as fh:
                 fh.write(params_json)
             params = _PARAMS_FILE.format(path=params_path)
-        mode = self.sandbox.mode
-        uid = self.uids.for_slot(slot) if self.uids is not None else None
-        header = "" if warm is None else _WARM_HEADER.format(
-            workdir=workdir, env={} if mode == "bwrap" else {"TMPDIR": workdir, "TMP": workdir, "TEMP": workdir})
-        prelude = header + _PRELUDE.format(
-            limits=_rlimits(self.limits, timeout_s, own_uid=uid is not None), script=script,
+        prelude = ("" if warm is None else warm.header(workdir)) + _PRELUDE.format(
+            limits=_rlimits(self.limits, timeout_s, own_uid=self.confinement.own_uid(slot)), script=script,
             script_dir=workdir if not files else os.path.dirname(script), files=files,
-            load=load, params=params, site=_SITE if mode == "landlock" and warm is None else "")
+            load=load, params=params)
         loop = asyncio.get_running_loop()
         if warm is None:
             run_env = {**env, "SELFMCP_PARAMS": params_json} if not params else env
@@ -499,11 +452,11 @@ class Runner:
             done, _ = await asyncio.wait([watch.exited], timeout=max(0.0, deadline - loop.time()))
             timed_out = not done
             # Whatever the skill left behind dies with it.
-            self._kill(proc.pid, marker, since, slot, uid, thorough=timed_out)
+            self._kill(proc.pid, marker, since, slot, thorough=timed_out)
             # Every writer is dead now: the pipes close as soon as their last bytes are read.
             await asyncio.wait([watch.exited, watch.closed], timeout=_DRAIN_AFTER_KILL_S)
         except BaseException:  # cancelled by the client: take the whole run down first
-            self._kill(proc.pid, marker, since, slot, uid, thorough=True)
+            self._kill(proc.pid, marker, since, slot, thorough=True)
             raise
         finally:
             watch.close()
@@ -511,75 +464,33 @@ class Runner:
         return ExecResult(
             stdout=out.text(), stderr=err.text(), exit_code=proc.returncode, timed_out=timed_out, duration_ms=0.0,
             stdout_bytes=out.total, stderr_bytes=err.total, stdout_truncated=out.truncated,
-            stderr_truncated=err.truncated, sandbox=self.sandbox.mode,
+            stderr_truncated=err.truncated, sandbox=self.confinement.mode,
         )
 
-    # -- warm sandboxes: a slot's next sandbox starts when its run ends, and serves one run only
+    # -- hooks for a runner that starts sandboxes ahead of their runs (selfmcp.warm.WarmRunner)
 
     def _pick_slot(self) -> int:
-        """A free slot: the one whose sandbox was started first (most likely ready), else any."""
-        ready = [s for s in self._free if s in self._warm]
-        slot = min(ready, key=lambda s: self._warm[s].since) if ready else self._free[-1]
-        self._free.remove(slot)
-        return slot
+        return self._free.pop()
 
-    def _prestart_free(self, python: str, read_only: tuple[str, ...], env: dict[str, str]) -> None:
-        """Start a sandbox in every free slot that has none, for runs like the one that just ended."""
-        for slot in list(self._free):
-            self._prestart(slot, python, read_only, env)
+    async def _slot_ready(self, slot: int) -> None:
+        """Wait until nothing is being started in `slot` any more."""
 
-    def _prestart(self, slot: int, python: str, read_only: tuple[str, ...], env: dict[str, str]) -> None:
-        if self._closed or slot not in self._free or slot in self._warm:
-            return  # the slot is busy (that run starts the next one) or already has one
-        workdir = self._new_workdir() if self.sandbox.mode == "bwrap" else None
-        try:
-            stub = _WARM_STUB.format(idle=_WARM_IDLE_S, site=_SITE if self.sandbox.mode == "landlock" else "")
-            proc, token, since = self._spawn(stub, python=python,
-                                             read_only=read_only, workdir=workdir, slot=slot, env=env,
-                                             stdin=subprocess.PIPE)
-        except OSError as exc:
-            log.warning("could not start a sandbox ahead of a run: %s", exc)
-            if workdir is not None:
-                _remove_tree(workdir)
-            return
-        self._warm[slot] = _Warm(proc, (python, read_only), env, token, since, workdir)
+    def _take_warm(self, slot: int, python: str, read_only: Sequence[str], env: Mapping[str, str]) -> Any:
+        """A process started ahead in `slot` that fits this run, waiting for its prelude on stdin, or None.
 
-    def _take_warm(self, slot: int, python: str, read_only: Sequence[str], env: Mapping[str, str]) -> _Warm | None:
-        """The slot's started sandbox when it fits this run (same interpreter, paths and environment)."""
-        warm = self._warm.pop(slot, None)
-        if warm is None:
-            return None
-        fresh = _boot_ticks() - warm.since < (_WARM_IDLE_S - 10) * _CLK_TCK  # not about to leave by itself
-        if warm.key == (python, tuple(read_only)) and warm.env == env and fresh and warm.proc.poll() is None:
-            return warm
-        self._discard(warm, slot)
+        It has `proc`, `token`, `since`, `workdir` (None: made with the run) and `header(workdir)`
+        (code run before the prelude).
+        """
         return None
 
-    def _discard(self, warm: _Warm, slot: int) -> None:
-        self._kill(warm.proc.pid, f"{RUN_ID_VAR}={warm.token}".encode(), warm.since, slot, None, thorough=False)
-        for stream in (warm.proc.stdin, warm.proc.stdout, warm.proc.stderr):
-            if stream is not None:
-                stream.close()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            warm.proc.wait(1)
-        if warm.workdir is not None:
-            _remove_tree(warm.workdir)
+    def _after_run(self, python: str, read_only: tuple[str, ...], env: dict[str, str]) -> None:
+        """Called on the event loop once a run's processes are dead."""
 
     def close(self) -> None:
-        """Stop the sandboxes started ahead of runs (also done at exit)."""
-        self._closed = True
-        for slot, warm in list(self._warm.items()):
-            del self._warm[slot]
-            self._discard(warm, slot)
+        """Release what the runner holds ahead of runs (also done at exit)."""
 
-    def _kill(self, session: int, marker: bytes, since: int, slot: int, uid: int | None, *, thorough: bool) -> None:
-        kill_run(session, marker, since, thorough=thorough)
-        if self.cgroups is not None:
-            self.cgroups.kill(slot)
-        elif uid is not None and thorough:
-            for pid in confine.processes_of_uid(uid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+    def _kill(self, session: int, marker: bytes, since: int, slot: int, *, thorough: bool) -> None:
+        self.confinement.kill(session, marker, since, slot, thorough=thorough)
 
 
 def _same_interpreter(python: str) -> bool:
@@ -598,7 +509,7 @@ def _marshal_code(code: str, filename: str) -> bytes | None:
         return None
 
 
-def _remove_tree(path: str) -> None:
+def remove_tree(path: str) -> None:
     shutil.rmtree(path, onerror=_log_rmtree_error)
 
 

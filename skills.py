@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from embeddings import Embedder
-from selfmcp import core_skills, credentials, depenv, folders, history, schemas, skillmd
+from selfmcp import core_skills, credentials, depenv, folders, history, skillmd
 from selfmcp.secret_links import SecretLinks
 from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, DependencyInstallFailed, InvalidArgument,
                             InvalidAuthConfig, InvalidBody, InvalidCode, InvalidCursor, InvalidDependency,
@@ -34,11 +34,12 @@ from selfmcp.errors import (CannotDeleteCoreSkill, CannotRenameCoreSkill, Depend
                             NoAuthConfig, NotExecutable, NothingToUpdate, SkillError, SkillExists, SkillNotFound,
                             VersionConflict as VersionConflict, VersionNotFound as VersionNotFound)
 from selfmcp.runtime import (RUN_HISTORY_PER_SKILL as RUN_HISTORY_PER_SKILL, SKILL_ENV_MODES as SKILL_ENV_MODES,
-                             ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, run_stats)
+                             ExecutionConfig, ExecutionConfigError, PreparedRun, Progress, Runtime, prepare,
+                             run_stats)
 from selfmcp.schemas import validated_schema as validate_params_schema
 from selfmcp.search import SEARCH_MODES, UPDATE_ATTEMPTS, Search, TextMoved, split_words as split_words
 from selfmcp.store import SkillStore, Statements, now_text
-from selfmcp.vault import Vault, missing_error
+from selfmcp.vault import Vault
 
 __all__ = ["CannotDeleteCoreSkill", "CannotRenameCoreSkill", "DependencyInstallFailed", "ExecutionConfig",
            "ExecutionConfigError", "InvalidArgument", "InvalidAuthConfig", "InvalidBody", "InvalidCode",
@@ -152,10 +153,6 @@ def _json_text(value: Any, error: type[SkillError], what: str) -> str:
 
 def _json_or_none(value: Any) -> str | None:
     return json.dumps(value) if value else None
-
-
-def _loads(text: str | None, default: Any) -> Any:
-    return default if text is None else json.loads(text)
 
 
 # ---------------------------------------------------------------------------- registry
@@ -296,16 +293,8 @@ class Registry:
 
     def seed_core_skills(self) -> None:
         """Create the core skills if missing; reactivate them if found deleted."""
-        for spec in core_skills.CORE_SKILLS:
-            with self.store.read() as tx:
-                row = tx.skill_by_name(spec["name"])
-            if row is None or not row["is_active"]:
-                self.create(spec["name"], spec["description"], spec["body"], is_core=True)
-            elif not row["is_core"]:
-                with self.store.write() as tx:
-                    tx.mark_core(row["id"])
-        with self.store.read() as tx:
-            self.search_index.core_ids = tx.core_ids()
+        core_skills.seed(self.store, self.search_index, lambda spec: self.create(
+            spec["name"], spec["description"], spec["body"], is_core=True))
 
     # -- reads
 
@@ -319,10 +308,6 @@ class Registry:
             out = history.detail(tx, row, run_stats(tx, row["id"]), version=version, include_history=include_history,
                                  diff_from=diff_from)
         return out if version is not None else {**out, **folders.detail(row)}
-
-    def count_active(self) -> int:
-        with self.store.read() as tx:
-            return tx.count_active()
 
     def list_summary(self, limit: Any = None, cursor: Any = None) -> dict[str, Any]:
         limit = SUMMARY_DEFAULT_LIMIT if limit is None else limit
@@ -361,7 +346,7 @@ class Registry:
     def auth_url(self, skill_id: Any) -> dict[str, Any]:
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
-        auth = _loads(row["auth_config_json"], None)
+        auth = json.loads(row["auth_config_json"]) if row["auth_config_json"] else None
         if not auth:
             raise NoAuthConfig(f"Skill {row['name']!r} declares no auth_config.")
         validate_auth_config(auth)  # again: a row stored before a rule existed may name a forbidden variable
@@ -387,23 +372,11 @@ class Registry:
     def prepare_execution(self, skill_id: Any, params: Any, timeout: Any) -> PreparedRun:
         """Check everything that can be checked before a run; the time checking params takes counts against the run."""
         started = time.monotonic()
-        timeout_s = validate_timeout(timeout)
-        params_json = validate_params(params)
+        timeout_s, params_json = validate_timeout(timeout), validate_params(params)
         with self.store.read() as tx:
             row = self._active_row(tx, skill_id)
-        schema = _loads(row["params_schema_json"], None)
-        if schema:
-            schemas.check_run_params(schema, json.loads(params_json), row, timeout_s=timeout_s, started=started)
-        auth = _loads(row["auth_config_json"], None)
-        secrets = self.vault.values_for(row["id"], auth) if auth else {}
-        missing = credentials.missing_env_vars(auth, self.environ, secrets)
-        if missing:
-            raise missing_error(row["id"], row["name"], missing, self.environ, *self.links.offer(row["id"]))
-        run, files = folders.SkillFolders(self.store).runnable(row)
-        return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json,
-                           max(timeout_s - (time.monotonic() - started), 0.1),  # preparing counted against it
-                           tuple(_loads(row["dependencies_json"], [])), tuple(credentials.required_env_vars(auth)),
-                           files, run.script, secrets, core_skills.run_env(row, self.vault))
+        return prepare(row, params_json, timeout_s, started, store=self.store, vault=self.vault, links=self.links,
+                       environ=self.environ)
 
     async def execute(self, skill_id: Any, params: Any = None, timeout: Any = DEFAULT_TIMEOUT_S, *,
                       progress: Progress | None = None) -> dict[str, Any]:

@@ -303,22 +303,28 @@ def test_vectors_made_by_the_fallback_are_re_embedded_when_the_remote_answers_ag
 
 
 def test_search_answers_while_a_re_embed_runs(db_path):
-    class SlowEmbedder(FakeEmbedder):
+    embedding, release = threading.Event(), threading.Event()
+
+    class StuckEmbedder(FakeEmbedder):
         def embed(self, texts):
-            if len(texts) > 1:
-                time.sleep(0.3)
+            if len(texts) > 1:  # a re-embed batch: held until the search below has answered
+                embedding.set()
+                assert release.wait(30)
             return super().embed(texts)
 
     old = skills.Registry(db_path, FakeEmbedder(32, "old"), environ={})
     for i in range(6):
         make(old, name=f"s{i}", description=f"Skill {i}.")
-    new = skills.Registry(db_path, SlowEmbedder(32, "new"), environ={})
+    new = skills.Registry(db_path, StuckEmbedder(32, "new"), environ={})
     worker = threading.Thread(target=new.search_index.reembed_stale, kwargs={"batch_size": 2})
     worker.start()
-    started = time.perf_counter()
-    out = new.search("skill", "hybrid", 3)
-    assert time.perf_counter() - started < 0.25 and out["results"]
-    worker.join()
+    try:
+        assert embedding.wait(30)  # the re-embed is in the middle of a batch
+        out = new.search("skill", "hybrid", 3)  # would wait for `release` if searches waited on the re-embed
+        assert out["results"] and worker.is_alive()
+    finally:
+        release.set()
+        worker.join()
 
 
 def test_pagination_returns_every_skill_exactly_once(reg):
@@ -703,11 +709,10 @@ async def test_timeout_kills_the_whole_process_tree_while_other_sessions_are_ans
                 while len(pids_with_marker(marker)) < 2 and time.monotonic() < deadline:
                     await anyio.sleep(0.05)
                 assert len(pids_with_marker(marker)) >= 2  # child and grandchild are running
-                started = time.perf_counter()
                 listing = payload(await other.call_tool("skill_list_summary", {}))
-                assert time.perf_counter() - started < 1.0 and listing["total"] >= 3
+                assert "result" not in outcome and listing["total"] >= 3  # answered while the run goes on
             assert outcome["result"]["timed_out"] is True
-            assert outcome["seconds"] < 4
+            assert outcome["seconds"] < 30  # killed at its 2 s timeout, not after the 60 s it asked for
             await asyncio.sleep(0.2)
             assert pids_with_marker(marker) == []
 

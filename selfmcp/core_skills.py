@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from selfmcp.credentials import CREDENTIAL_NAME_PATTERNS, KNOWN_SERVICES
 
 if TYPE_CHECKING:
+    from selfmcp.search import Search
+    from selfmcp.store import SkillStore
     from selfmcp.vault import Vault
 
 # What every client is told at initialize: the workflow with the eight tools.
@@ -34,9 +37,11 @@ ABOUT_SECTIONS: dict[str, str] = {
         "selfMCP is a Python project. Entry modules: server.py (settings, the eight MCP tools, the one "
         "conversion of failures into the error payload, start-up), skills.py (the registry's use cases and "
         "validation), db.py (SQLite schema as named migrations, the one connection policy), embeddings.py "
-        "(embedders) and executor.py (subprocess runner and sandbox). Below skills.py the selfmcp/ package has "
-        "one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, scoring, "
-        "re-embedding), runtime.py (runs and their history), errors.py (the error shape and codes), depenv.py "
+        "(embedders) and executor.py (subprocess runner; the sandbox is plugged in). Below skills.py the selfmcp/ "
+        "package has one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, "
+        "scoring, re-embedding), runtime.py (runs and their history), confine.py and landlock.py (the sandbox: "
+        "bubblewrap, Landlock, run uids, cgroups), warm.py (sandboxes started ahead of their runs), errors.py "
+        "(the error shape and codes), depenv.py "
         "(dependency environments), history.py (version summaries and diffs), redact.py, credentials.py, "
         "vault.py (encrypted per-skill keys), secret_links.py and skill_oauth.py (OAuth2 for skills), schemas.py, "
         "skillmd.py, core_skills.py, serverlock.py, cli/ (the `selfmcp` command line), embedders/, and remote/ "
@@ -180,6 +185,20 @@ _ENV_KEYS_BODY = textwrap.dedent('''\
     print(json.dumps({"known_services": known, "detected_credential_env_vars": detected,
                       "vault_entries": vault}, indent=2))
 ''')
+
+
+def seed(store: SkillStore, search: Search, create: Callable[[dict[str, str]], object]) -> None:
+    """Create each core skill that is missing or deleted (through `create`); mark an existing one core."""
+    for spec in CORE_SKILLS:
+        with store.read() as tx:
+            row = tx.skill_by_name(spec["name"])
+        if row is None or not row["is_active"]:
+            create(spec)
+        elif not row["is_core"]:
+            with store.write() as tx:
+                tx.mark_core(row["id"])
+    with store.read() as tx:
+        search.core_ids = tx.core_ids()
 
 
 def run_env(row: sqlite3.Row, vault: Vault) -> dict[str, str]:

@@ -44,9 +44,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
-import confine
-import executor
+from selfmcp import confine, landlock
 
 log = logging.getLogger("selfmcp.depenv")
 
@@ -182,10 +180,10 @@ class EnvCache:
 
     def __init__(self, root: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None,
                  uv: str | None | bool = True, python: str | None = None,
-                 install_timeout_s: float = INSTALL_TIMEOUT_S, sandbox: executor.Sandbox | None = None,
+                 install_timeout_s: float = INSTALL_TIMEOUT_S, sandbox: confine.Sandbox | None = None,
                  allow_source_builds: bool = False, redact: Callable[[str], str] = str) -> None:
         self.root = Path(root)
-        self.sandbox = sandbox or executor.Sandbox()
+        self.sandbox = sandbox or confine.Sandbox()
         self.allow_source_builds = allow_source_builds
         self.redact = redact
         self.environ = os.environ if environ is None else environ
@@ -319,12 +317,12 @@ class EnvCache:
         if mode == "bwrap":
             sandbox = dataclasses.replace(self.sandbox, network=True, setpriv=None)
             root = str(self.root.resolve())
-            mounts = executor.bwrap_mounts(sandbox, python=self.python, read_only=reads)
+            mounts = confine.bwrap_mounts(sandbox, python=self.python, read_only=reads)
             return [*mounts, "--bind", root, root, "--chdir", root, "--remount-ro", "/", *argv], []
         if mode == "landlock":
-            fd = confine.landlock_ruleset(hidden=self.sandbox.hidden, read=[*executor.python_roots(self.python), *reads],
+            fd = landlock.landlock_ruleset(hidden=self.sandbox.hidden, read=[*confine.python_roots(self.python), *reads],
                                           write=[str(self.root.resolve())], network=True)
-            launcher = confine.LANDLOCK_PRELUDE.format(fd=fd) + f"import os\nos.execv({argv[0]!r}, {argv!r})\n"
+            launcher = landlock.LANDLOCK_PRELUDE.format(fd=fd) + f"import os\nos.execv({argv[0]!r}, {argv!r})\n"
             return [sys.executable, "-S", "-c", launcher], [fd]
         return argv, []
 

@@ -2,8 +2,9 @@
 
 `Runtime` is built once from a validated `ExecutionConfig`. `Runtime.run(prepared)` builds or
 reuses the dependency environment, gives the run its environment (never the server's own
-secrets), runs it through `executor.Runner`, records it in skill_runs (by one writer thread,
-off the reply's path) and redacts every secret value from what it returns.
+secrets), runs it through `executor.Runner` confined by selfmcp/confine.py, records it in
+skill_runs (by one writer thread, off the reply's path) and redacts every secret value from what
+it returns.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import executor
-from selfmcp import depenv, redact
+from selfmcp import confine, core_skills, credentials, depenv, folders, redact, schemas
 from selfmcp.errors import SandboxUnavailable
+from selfmcp.secret_links import SecretLinks
 from selfmcp.store import SkillStore, Statements, now_text
+from selfmcp.vault import Vault, missing_error
 
 log = logging.getLogger("selfmcp.runtime")
 
@@ -80,6 +83,28 @@ class PreparedRun:
     extra_env: Mapping[str, str] = field(default_factory=dict)  # not secret (e.g. the vault's entry names)
 
 
+def prepare(row: Any, params_json: str, timeout_s: float, started: float, *, store: SkillStore, vault: Vault,
+            links: SecretLinks, environ: Mapping[str, str]) -> PreparedRun:
+    """The run of the stored skill `row`: params checked against its schema, its credentials found, its folder.
+
+    Raises the errors a client can act on (invalid_params, missing_credentials, not_executable).
+    The time spent here (since `started`, monotonic) counts against `timeout_s`.
+    """
+    schema = json.loads(row["params_schema_json"]) if row["params_schema_json"] else None
+    if schema:
+        schemas.check_run_params(schema, json.loads(params_json), row, timeout_s=timeout_s, started=started)
+    auth = json.loads(row["auth_config_json"]) if row["auth_config_json"] else None
+    secrets = vault.values_for(row["id"], auth) if auth else {}
+    missing = credentials.missing_env_vars(auth, environ, secrets)
+    if missing:
+        raise missing_error(row["id"], row["name"], missing, environ, *links.offer(row["id"]))
+    run, files = folders.SkillFolders(store).runnable(row)
+    return PreparedRun(row["id"], row["name"], row["version"], run.code, params_json,
+                       max(timeout_s - (time.monotonic() - started), 0.1),
+                       tuple(json.loads(row["dependencies_json"] or "[]")), tuple(credentials.required_env_vars(auth)),
+                       files, run.script, secrets, core_skills.run_env(row, vault))
+
+
 class Runtime:
     """What runs need across calls: the runner (and its concurrency slots), environments, the redactor."""
 
@@ -94,15 +119,15 @@ class Runtime:
         db_dir = Path(os.path.abspath(store.db.path)).parent
         hidden = [db_dir, Path(__file__).resolve().parents[1], Path.cwd()]
         try:
-            self.sandbox = executor.resolve_sandbox(config.sandbox, network=config.sandbox_network, hidden=hidden)
+            self.sandbox = confine.resolve_sandbox(config.sandbox, network=config.sandbox_network, hidden=hidden)
         except (RuntimeError, ValueError) as exc:
             raise ExecutionConfigError(str(exc)) from None
         # No run (of any uid) can read this process's environment through /proc.
-        self.not_dumpable = executor.make_not_dumpable()
-        self.runner = executor.Runner(
-            limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes,
-                                   processes=config.max_processes, workdir_mb=config.workdir_mb),
-            sandbox=self.sandbox, concurrency=config.concurrency)
+        self.not_dumpable = confine.make_not_dumpable()
+        self.runner = confine.runner(
+            self.sandbox, limits=executor.Limits(memory_mb=config.memory_mb, max_output_bytes=config.max_output_bytes,
+                                                 processes=config.max_processes, workdir_mb=config.workdir_mb),
+            concurrency=config.concurrency)
         self.redactor = redact.Redactor.from_environ(environ)
         self.envs = depenv.EnvCache(config.env_dir or db_dir / "envs", environ=environ, sandbox=self.sandbox,
                                     allow_source_builds=config.allow_source_builds, redact=self.redactor.redact)
@@ -119,7 +144,7 @@ class Runtime:
                 "concurrency": self.config.concurrency, "env_dir": str(self.envs.root),
                 "installer": self.envs.installer, "redacted_variables": len(self.redactor.names),
                 "source_builds": self.config.allow_source_builds, "refused": self.refuses_runs,
-                "in_force": in_force(self.runner) | {
+                "in_force": self.runner.confinement.in_force() | {
                     "server_environ": "unreadable to runs (the server is not dumpable)" if self.not_dumpable
                     else "READABLE by runs of the server's uid (prctl failed)"}}
 
@@ -213,33 +238,6 @@ class Runtime:
             out["note"] = (f"Output beyond {self.config.max_output_bytes} bytes per stream was dropped; "
                            "stdout_bytes and stderr_bytes say how much the skill wrote.")
         return out
-
-
-def in_force(runner: executor.Runner) -> dict[str, object]:
-    """Which protections and limits a runner puts in force, in words (start-up log, selfmcp_about)."""
-    lim = runner.limits
-    isolation = {
-        "bwrap": "bubblewrap: own PID namespace, read-only system view, database and server directory hidden, "
-                 "read-only /dev and /proc/sys, /etc/shadow masked, no capabilities",
-        "landlock": "Landlock (no bubblewrap): database and server directory unreadable, writes only in the "
-                    "run's directory, no signals to the server; same PID namespace",
-        "none": "NONE: skills can read everything this server's user can, including the database",
-    }[runner.sandbox.mode]
-    uids = runner.uids
-    uid = (f"each run as its own unprivileged uid ({uids.for_slot(0)}-{uids.for_slot(runner.concurrency - 1)})"
-           if uids else ("the server's uid (root, without capabilities)" if os.geteuid() == 0 else "the server's uid"))
-    if runner.cgroups is not None:
-        totals = runner.cgroups.describe()
-    elif runner.uids is not None:
-        totals = (f"{lim.processes} processes per run (RLIMIT_NPROC of the run's uid); memory only per process "
-                  f"({lim.memory_mb} MiB each): no cgroup here")
-    else:
-        totals = (f"memory only per process ({lim.memory_mb} MiB each) and no total process bound: no cgroup "
-                  "here")
-    disk = (f"working directory a {lim.workdir_mb} MiB tmpfs" if runner.sandbox.mode == "bwrap"
-            else f"working directory on disk, files up to {lim.file_size_mb} MiB each, no total bound")
-    return {"isolation": isolation, "uid": uid, "totals": totals, "disk": disk,
-            "server_environ": "unreadable to runs (the server is not dumpable)"}
 
 
 def run_stats(tx: Statements, skill_id: int) -> dict[str, Any]:

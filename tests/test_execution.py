@@ -30,7 +30,7 @@ import anyio
 import pytest
 from mcp import Client, StdioServerParameters
 
-import executor
+from selfmcp import confine
 import skills
 from conftest import assert_error
 from embeddings import HashEmbedder
@@ -44,7 +44,7 @@ SECRET_NAME, SECRET = "FAKE_SERVICE_API_KEY", "sk-live-0123456789"
 REDACTED = f"[REDACTED:{SECRET_NAME}]"
 CAP = 1 << 20  # SELFMCP_EXEC_MAX_OUTPUT's default
 
-_SANDBOX = executor.resolve_sandbox("auto")
+_SANDBOX = confine.resolve_sandbox("auto")
 needs_bwrap = pytest.mark.skipif(_SANDBOX.mode != "bwrap",
                                  reason=f"bubblewrap cannot run here: {_SANDBOX.note}")
 
@@ -375,7 +375,7 @@ async def test_the_pip_fallback_builds_an_environment_without_uv(tmp_path, wheel
     assert cache.installer == "pip"
     env = await cache.ensure(depenv.normalise_requirements(["selfmcp_testdep"]))
     assert env.built_now
-    runner = executor.Runner(sandbox=executor.Sandbox("none"))
+    runner = confine.runner(confine.Sandbox("none"))
     out = await runner.run("import selfmcp_testdep\nprint(selfmcp_testdep.VALUE)", "{}",
                            env={"PATH": os.environ["PATH"]}, timeout_s=30, python=env.python)
     assert out.stdout == "42\n", out.stderr
@@ -648,7 +648,7 @@ def test_execution_settings_are_read_from_the_environment(tmp_path):
 
 def test_an_unusable_explicit_sandbox_stops_the_server_from_starting(tmp_path):
     with pytest.raises(RuntimeError, match="SELFMCP_SANDBOX=bwrap"):
-        executor.resolve_sandbox("bwrap", bwrap=str(tmp_path / "no-bwrap-here"))
+        confine.resolve_sandbox("bwrap", bwrap=str(tmp_path / "no-bwrap-here"))
     registry = skills.Registry(tmp_path / "skills.db", HashEmbedder())
     with pytest.raises(skills.ExecutionConfigError):
         registry.configure_execution(skills.ExecutionConfig(sandbox="bwrap-typo"))
@@ -667,8 +667,8 @@ print(json.dumps(seen))
 
 @pytest.mark.parametrize("mode", ["none", pytest.param("bwrap", marks=needs_bwrap)])
 async def test_a_sandbox_started_ahead_serves_one_run_and_only_a_run_with_its_environment(mode):
-    sandbox = _SANDBOX if mode == "bwrap" else executor.Sandbox("none")
-    runner = executor.Runner(sandbox=sandbox, concurrency=2)
+    sandbox = _SANDBOX if mode == "bwrap" else confine.Sandbox("none")
+    runner = confine.runner(sandbox, concurrency=2)
     first_env = {"PATH": os.environ["PATH"], "FIRST_ONLY": "1"}
     try:
         first = json.loads((await runner.run(WARM_PROBE, '{"n": 1}', env=first_env, timeout_s=30)).stdout)
@@ -688,3 +688,42 @@ async def test_a_sandbox_started_ahead_serves_one_run_and_only_a_run_with_its_en
     finally:
         runner.close()
     assert runner._warm == {}
+
+
+# A run ends as `python skill.py` would (the prelude leaves through os._exit, without tearing modules down).
+ENDINGS = {
+    "sys.exit(3)": ("import sys\nprint('x')\nsys.exit(3)", 3, "x\n", ""),
+    "sys.exit(message)": ("import sys\nsys.exit('bye')", 1, "", "bye\n"),
+    "sys.exit(-1)": ("import sys\nsys.exit(-1)", 255, "", ""),
+    "uncaught": ("def f():\n    raise ValueError('boom')\nf()", 1, "", "ValueError: boom\n"),
+    "thread": ("import threading, time\ndef f():\n    time.sleep(0.2)\n    print('late')\n"
+               "threading.Thread(target=f).start()", 0, "late\n", ""),
+    "atexit": ("import atexit\natexit.register(print, 'from atexit')\nprint('main')", 0, "main\nfrom atexit\n", ""),
+    "unflushed": ("import sys\nsys.stdout.write('no newline')\nsys.stderr.write('err')", 0, "no newline", "err"),
+    "open file": ("f = open(__import__('os').environ['OUT'], 'w')\nf.write('kept')", 0, "", ""),
+}
+
+
+@pytest.mark.parametrize("ending", sorted(ENDINGS))
+@pytest.mark.parametrize("mode", ["none", pytest.param("bwrap", marks=needs_bwrap)])
+async def test_a_run_ends_as_the_interpreter_would_cold_or_started_ahead(mode, ending, tmp_path):
+    code, status, stdout, stderr_end = ENDINGS[ending]
+    if ending == "open file" and mode == "bwrap":
+        pytest.skip("bubblewrap shows no path outside the run's own directory to write to")
+    sandbox = _SANDBOX if mode == "bwrap" else confine.Sandbox("none")
+    runner = confine.runner(sandbox, concurrency=1)
+    out_file = tmp_path / "out.txt"
+    env = {"PATH": os.environ["PATH"], "OUT": str(out_file)}
+    try:
+        for started_ahead in (False, True):  # the first run is cold; the second gets the sandbox started after it
+            if started_ahead:
+                await wait_until(lambda: len(runner._warm) == 1, 30)
+            result = await runner.run(code, "{}", env=env, timeout_s=30)
+            assert (result.exit_code, result.stdout) == (status, stdout), (started_ahead, result)
+            assert result.stderr.endswith(stderr_end), (started_ahead, result.stderr)
+            assert "Traceback" not in result.stderr or "<string>" not in result.stderr  # no prelude frames
+            if ending == "open file":
+                assert out_file.read_text() == "kept"
+                out_file.unlink()
+    finally:
+        runner.close()

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 from mcp import Client, StdioServerParameters
 
-import confine
-import executor
+from selfmcp import confine, landlock
 from conftest import assert_error
 
 pytestmark = pytest.mark.anyio
@@ -29,9 +28,9 @@ pytestmark = pytest.mark.anyio
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_NAME, SECRET = "FAKE_SERVICE_API_KEY", "sk-live-0123456789"
 TOKEN = "server-token-0123456789abcdef"
-_BWRAP = executor.resolve_sandbox("auto")
+_BWRAP = confine.resolve_sandbox("auto")
 MODES = [pytest.param("bwrap", marks=pytest.mark.skipif(_BWRAP.mode != "bwrap", reason=f"no bubblewrap: {_BWRAP.note}")),
-         pytest.param("landlock", marks=pytest.mark.skipif(confine.landlock_abi() < 1, reason="no Landlock here"))]
+         pytest.param("landlock", marks=pytest.mark.skipif(landlock.landlock_abi() < 1, reason="no Landlock here"))]
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="a root server's guarantees need the tests to run as root")
 needs_cgroup = pytest.mark.skipif(
     os.geteuid() != 0 or confine.CgroupSlots.create(1, memory_bytes=1 << 20, pids=8) is None,

@@ -1,7 +1,11 @@
-"""Operating-system confinement for skill runs and dependency installs; imports no project module.
+"""Operating-system confinement for skill runs and dependency installs: the sandbox plugged into executor.
 
-executor.py combines these pieces into the sandbox a run gets:
+`Confinement` is what `executor.Runner` asks of a sandbox (how a run's first process
+starts, how every process of a run is killed); `runner()` builds both from settings.
+Its pieces:
 
+- `Sandbox` / `resolve_sandbox()`: SELFMCP_SANDBOX settled to bubblewrap, Landlock
+  (selfmcp/landlock.py) or none; `bwrap_mounts()` / `bwrap_workdir()` the bubblewrap argv.
 - `make_not_dumpable()`: the server marks itself non-dumpable, so no process of another
   uid, or of its own uid without CAP_SYS_PTRACE, can read /proc/<server>/environ, /fd or /mem.
 - `RunUids`: when the server runs as root, each concurrency slot runs as its own
@@ -11,47 +15,30 @@ executor.py combines these pieces into the sandbox a run gets:
   environment) and killed, until none is left.
 - `CgroupSlots`: one cgroup per slot (v2, or the v1 memory and pids hierarchies), bounding the
   TOTAL memory and the number of processes of a run, and listing every process it started.
-- `Landlock`: where neither bubblewrap nor another uid is available (an unprivileged
-  container such as Replit), a Landlock ruleset built once in the server and applied by the
-  child before any code it did not get from the server runs: everything readable except the
-  hidden paths (database, server code, /etc/shadow), writable only its working directory and
-  /dev, no signals to or ptrace of processes outside the run.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
-import shutil
-import subprocess
-import sys
 import logging
 import os
 import pwd
+import shutil
 import signal
-import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import executor
+from selfmcp import landlock, warm
+
 log = logging.getLogger("selfmcp.confine")
 
 _PR_SET_DUMPABLE = 4
-_SYS_LANDLOCK_CREATE_RULESET = 444
-_SYS_LANDLOCK_ADD_RULE = 445
-_LANDLOCK_CREATE_RULESET_VERSION = 1
-_LANDLOCK_RULE_PATH_BENEATH = 1
-_LANDLOCK_RULE_NET_PORT = 2
-# Access rights, by the ABI version that introduced them.
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-_FS_ABI1 = (1 << 13) - 1
-_FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-_NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1
-_SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1
-_READ = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
-# Readable by nobody in a run, wherever the server's own files are.
-ALWAYS_HIDDEN = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers",
-                 "/etc/sudoers.d", "/root")
 RUN_UID_BASE = 64000
 SANDBOX_MODES = ("auto", "bwrap", "landlock", "none")
 _MERGED_USR_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -114,14 +101,8 @@ def processes_of_uid(uid: int) -> list[int]:
 
 # ----------------------------------------------------------------------- run processes
 
-CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 # How long the kill loop may go on before giving up on a process that will not die.
 _KILL_DEADLINE_S = 2.0
-
-def boot_ticks() -> int:
-    """Now, in the clock ticks since boot that /proc/<pid>/stat uses for start times."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLK_TCK)
-
 
 def _last_pid() -> int | None:
     try:
@@ -275,17 +256,25 @@ class CgroupSlots:
                 pids.update(int(line) for line in fh if line.strip())
         return sorted(pids)
 
-    def kill(self, slot: int, deadline_s: float = 2.0) -> int:
-        """SIGKILL every process in the slot until it is empty; return how many were signalled."""
-        signalled = 0
+    def kill(self, slot: int, deadline_s: float = 2.0, *, wait: bool = True) -> int:
+        """SIGKILL every process in the slot until it is empty; return how many were signalled.
+
+        Without `wait`, it stops once every process left has been signalled (they are dying):
+        it only goes on while new ones appear (a process that forks as it is killed).
+        """
+        signalled: set[int] = set()
         end = time.monotonic() + deadline_s
         while (pids := self.members(slot)) and time.monotonic() < end:
-            for pid in pids:
+            fresh = [pid for pid in pids if pid not in signalled]
+            if not wait and not fresh:
+                break
+            for pid in pids if wait else fresh:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-                    signalled += 1
-            time.sleep(0.001)
-        return signalled
+                    signalled.add(pid)
+            if wait:
+                time.sleep(0.001)
+        return len(signalled)
 
     def close(self) -> None:
         """Remove the slots (each must be empty)."""
@@ -334,120 +323,6 @@ def _v1_parents(root: str) -> list[str]:
 def _write(path: str, text: str) -> None:
     with open(path, "w", encoding="ascii") as fh:
         fh.write(text)
-
-
-# ---------------------------------------------------------------------------- Landlock
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-class _NetPort(ctypes.Structure):
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
-
-
-def landlock_abi() -> int:
-    """The Landlock ABI version this kernel offers (0: none)."""
-    try:
-        version = _libc().syscall(_SYS_LANDLOCK_CREATE_RULESET, None, 0, _LANDLOCK_CREATE_RULESET_VERSION)
-    except (OSError, AttributeError):
-        return 0
-    return max(int(version), 0)
-
-
-def landlock_ruleset(*, hidden: Iterable[str], read: Sequence[str] = (), write: Sequence[str] = (),
-                     network: bool = True) -> int:
-    """A Landlock ruleset fd: everything readable but `hidden` (unless under `read`), `write` writable.
-
-    Raises OSError when the kernel has no Landlock. The fd is inheritable; a child applies it
-    with `LANDLOCK_PRELUDE`.
-    """
-    abi = landlock_abi()
-    if abi < 1:
-        raise OSError("Landlock is not available in this kernel")
-    fs = _FS_ABI1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0) | (
-        _FS_IOCTL_DEV if abi >= 5 else 0)
-    net = (_NET_BIND_TCP | _NET_CONNECT_TCP) if abi >= 4 and not network else 0
-    scoped = (_SCOPE_ABSTRACT_UNIX_SOCKET | _SCOPE_SIGNAL) if abi >= 6 else 0
-    attr = _RulesetAttr(fs, net, scoped)
-    size = ctypes.sizeof(_RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
-    libc = _libc()
-    fd = libc.syscall(_SYS_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), size, 0)
-    if fd < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    try:
-        for path in _complement(hidden):
-            _allow(libc, fd, path, _READ | (fs & _FS_IOCTL_DEV))
-        for path in read:
-            _allow(libc, fd, path, _READ)
-        for path in write:
-            _allow(libc, fd, path, fs)
-        _allow(libc, fd, "/dev", _READ | _FS_WRITE_FILE | (fs & (_FS_TRUNCATE | _FS_IOCTL_DEV)))
-    except BaseException:
-        os.close(fd)
-        raise
-    os.set_inheritable(fd, True)
-    return fd
-
-
-def _allow(libc: ctypes.CDLL, ruleset: int, path: str, access: int) -> None:
-    try:
-        target = os.open(path, os.O_PATH | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        if not stat.S_ISDIR(os.fstat(target).st_mode):
-            access &= _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
-        rule = _PathBeneath(access, target)
-        if libc.syscall(_SYS_LANDLOCK_ADD_RULE, ruleset, _LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0):
-            raise OSError(ctypes.get_errno(), f"landlock_add_rule failed for {path!r}")
-    finally:
-        os.close(target)
-
-
-def _complement(hidden: Iterable[str]) -> list[str]:
-    """Paths that together cover the whole file system except `hidden` (symlinks left out)."""
-    hide = {os.path.realpath(h) for h in [*hidden, *ALWAYS_HIDDEN]}
-    if "/" in hide:
-        return []
-    ancestors = {"/"}
-    for path in hide:
-        while path != "/":
-            path = os.path.dirname(path)
-            ancestors.add(path)
-    out = []
-    for parent in sorted(ancestors):
-        try:
-            entries = os.listdir(parent)
-        except OSError:
-            continue
-        for entry in entries:
-            full = os.path.join(parent, entry)
-            if full in hide or full in ancestors or os.path.islink(full):
-                continue
-            out.append(full)
-    return out
-
-
-# Applied in the child, first: no new privileges, the ruleset, then (as root) no capabilities.
-LANDLOCK_PRELUDE = """\
-import ctypes as _ct, os as _os
-_l = _ct.CDLL(None, use_errno=True)
-if _l.prctl(38, 1, 0, 0, 0) or _l.syscall(446, {fd}, 0):
-    raise SystemExit("selfmcp: could not enter the Landlock sandbox")
-_os.close({fd})
-if _os.geteuid() == 0:
-    for _i in range(64):
-        _l.prctl(24, _i, 0, 0, 0)
-    _l.capset((_ct.c_uint32 * 2)(0x20080522, 0), (_ct.c_uint32 * 6)())
-del _ct, _os, _l
-"""
 
 
 @dataclass(frozen=True)
@@ -506,7 +381,7 @@ def resolve_sandbox(requested: str, *, network: bool = True, hidden: Iterable[st
             return Sandbox("bwrap", network=network, bwrap=path, hidden=hide, setpriv=setpriv, explicit=explicit)
         if requested == "bwrap":
             raise RuntimeError(f"SELFMCP_SANDBOX=bwrap but {problem}.")
-    abi = landlock_abi()
+    abi = landlock.landlock_abi()
     if abi >= 1:
         return Sandbox("landlock", network=network, hidden=hide, note=problem, explicit=explicit)
     if requested == "landlock":
@@ -609,3 +484,117 @@ def bwrap_mounts(sandbox: Sandbox, *, python: str, read_only: Sequence[str] = ()
         if os.path.exists(secret):
             cmd += ["--ro-bind", "/dev/null", secret]
     return cmd
+
+
+# ------------------------------------------------------------------------ confinement
+
+# The run's first process joins its slot's cgroups ("0" moves the writer) and then becomes the
+# run, so every process the run starts is born inside them: no race, no /proc scan.
+_JOIN_CGROUPS = 'n=$1; shift; while [ "$n" -gt 0 ]; do echo 0 > "$1/cgroup.procs" || exit 125; shift; n=$((n-1)); done; exec "$@"'
+# Under Landlock the interpreter starts with -S: site-packages (and their .pth files) load after the ruleset.
+_SITE = "import site as _site\n_site.main()\ndel _site\n"
+_ISOLATION = {
+    "bwrap": "bubblewrap: own PID namespace, read-only system view, database and server directory hidden, "
+             "read-only /dev and /proc/sys, /etc/shadow masked, no capabilities",
+    "landlock": "Landlock (no bubblewrap): database and server directory unreadable, writes only in the "
+                "run's directory, no signals to the server; same PID namespace",
+    "none": "NONE: skills can read everything this server's user can, including the database",
+}
+
+
+class Confinement:
+    """A sandbox as `executor.Runner` uses it (see `executor.Unconfined` for the interface)."""
+
+    def __init__(self, sandbox: Sandbox, limits: executor.Limits, concurrency: int, tmp_root: str) -> None:
+        self.sandbox = sandbox
+        self.mode = sandbox.mode
+        self.workdir_at_start = sandbox.mode == "bwrap"  # its tmpfs is mounted when the sandbox starts
+        self.private_pids = sandbox.mode == "bwrap"  # a PID namespace per run
+        self.limits = limits
+        self.concurrency = concurrency
+        self.tmp_root = tmp_root  # under Landlock runs may write only below it
+        self.uids = RunUids.probe(concurrency) if sandbox.mode == "bwrap" and sandbox.setpriv else None
+        self.cgroups = CgroupSlots.create(concurrency, memory_bytes=limits.memory_mb << 20,
+                                          pids=limits.processes or 1 << 22)
+        if self.cgroups is not None:
+            atexit.register(self.cgroups.close)
+        # Per interpreter and extra paths: the answers only change when files are replaced.
+        self._mounts: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        self._rulesets: dict[tuple[str, tuple[str, ...]], int] = {}
+
+    def command(self, first: str, *, python: str, read_only: Sequence[str], workdir: str | None, slot: int,
+                env: dict[str, str]) -> tuple[list[str], list[int]]:
+        """The argv (and inherited fds) that start a run's first process, running `first`, in this sandbox."""
+        argv, pass_fds = [python, "-c", first], []
+        key = (python, tuple(read_only))
+        if self.mode == "landlock":
+            fd = self._rulesets.get(key)
+            if fd is None:
+                fd = self._rulesets[key] = landlock.landlock_ruleset(
+                    hidden=self.sandbox.hidden, read=[*python_roots(python), *read_only], write=[self.tmp_root],
+                    network=self.sandbox.network)
+            pass_fds.append(fd)
+            argv = [python, "-S", "-c", landlock.LANDLOCK_PRELUDE.format(fd=fd) + _SITE + first]
+        elif self.mode == "bwrap":
+            assert workdir is not None
+            env["HOME"] = workdir  # the real home is not visible (or writable) in the sandbox
+            mounts = self._mounts.get(key)
+            if mounts is None:
+                mounts = self._mounts[key] = bwrap_mounts(self.sandbox, python=python, read_only=read_only)
+            uid = self.uids.for_slot(slot) if self.uids is not None else None
+            drop = setpriv_argv(self.sandbox.setpriv, uid) if self.sandbox.setpriv and uid is not None else []
+            argv = [*mounts, *bwrap_workdir(workdir, self.limits.workdir_mb), *drop, *argv]
+        if self.cgroups is not None:
+            dirs = self.cgroups.slots[slot]
+            argv = ["/bin/sh", "-c", _JOIN_CGROUPS, "sh", str(len(dirs)), *dirs, *argv]
+        return argv, pass_fds
+
+    def own_uid(self, slot: int) -> bool:
+        return self.uids is not None
+
+    def kill(self, session: int, token: bytes, since_ticks: int, slot: int, *, thorough: bool) -> None:
+        """Every process of the run, wherever it went: by session, token, slot cgroup or slot uid.
+
+        With a cgroup per slot a run that ended by itself needs no /proc scan: every process it
+        started is in its slot's cgroup, which it cannot leave.
+        """
+        if self.cgroups is not None and not thorough:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(session, signal.SIGKILL)
+        else:
+            kill_run(session, token, since_ticks, thorough=thorough)
+        if self.cgroups is not None:
+            self.cgroups.kill(slot, wait=thorough)
+        elif self.uids is not None and thorough:
+            for pid in processes_of_uid(self.uids.for_slot(slot)):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def in_force(self) -> dict[str, str]:
+        """Which protections and limits runs get, in words (start-up log, selfmcp_about)."""
+        lim, uids = self.limits, self.uids
+        uid = (f"each run as its own unprivileged uid ({uids.for_slot(0)}-{uids.for_slot(self.concurrency - 1)})"
+               if uids else ("the server's uid (root, without capabilities)" if os.geteuid() == 0
+                             else "the server's uid"))
+        if self.cgroups is not None:
+            totals = self.cgroups.describe()
+        elif uids is not None:
+            totals = (f"{lim.processes} processes per run (RLIMIT_NPROC of the run's uid); memory only per "
+                      f"process ({lim.memory_mb} MiB each): no cgroup here")
+        else:
+            totals = (f"memory only per process ({lim.memory_mb} MiB each) and no total process bound: no "
+                      "cgroup here")
+        disk = (f"working directory a {lim.workdir_mb} MiB tmpfs" if self.mode == "bwrap"
+                else f"working directory on disk, files up to {lim.file_size_mb} MiB each, no total bound")
+        return {"isolation": _ISOLATION[self.mode], "uid": uid, "totals": totals, "disk": disk}
+
+
+def runner(sandbox: Sandbox | None = None, *, limits: executor.Limits | None = None, concurrency: int = 4,
+           prestart: bool = True, tmp_root: str | None = None) -> executor.Runner:
+    """A runner confined by `sandbox` (default: none); with `prestart`, one that starts sandboxes ahead."""
+    limits = limits or executor.Limits()
+    run = (warm.WarmRunner if prestart else executor.Runner)(limits=limits, concurrency=concurrency,
+                                                           tmp_root=tmp_root)
+    # Landlock lets runs write only under the runner's own directory: known once the runner exists.
+    run.confinement = Confinement(sandbox or Sandbox(), limits, concurrency, run.tmp_root)
+    return run
