@@ -365,6 +365,8 @@ def test_the_migration_keeps_one_spelling_and_renames_the_other_case_variants(tm
         if any(m.name == "m007_version_changes" for m in db.MIGRATIONS):  # undo what the later steps add
             conn.execute("alter table skill_versions drop column change")
             conn.execute("alter table skill_versions drop column restored_from")
+        if any(m.name == "m008_agent_name_index" for m in db.MIGRATIONS):
+            conn.execute("drop index skills_active_agent_name")
         for name in ("weather", "Weather", "WEATHER", "other"):
             conn.execute("insert into skills(name, description, body, created_at, updated_at) "
                          "values (?, 'd', 'print(1)', 'now', 'now')", (name,))
