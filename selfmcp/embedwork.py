@@ -240,7 +240,8 @@ class EmbeddingWorker:
     def _run(self) -> None:
         failed = False
         try:
-            with contextlib.suppress(OSError, AttributeError):  # below the request threads: they come first on a busy machine
+            # below the request threads: on a busy machine they come first
+            with contextlib.suppress(OSError, AttributeError):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
             warm_up = getattr(self.embedder, "warm_up", None)
             if warm_up is not None:

@@ -32,7 +32,7 @@ from embeddings import Embedder, content_hash, decode, embed_with_model, encode
 from selfmcp import embedwork, skillmd
 from selfmcp.bm25 import KeywordIndex
 from selfmcp.embedders.static import STOP_WORDS as ENGLISH_STOP_WORDS
-from selfmcp.store import SkillStore, Statements, now_text
+from selfmcp.store import SkillStore, Statements
 
 log = logging.getLogger("selfmcp.search")
 
