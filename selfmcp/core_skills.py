@@ -39,7 +39,7 @@ ABOUT_SECTIONS: dict[str, str] = {
         "validation), db.py (SQLite schema as named migrations, the one connection policy), embeddings.py "
         "(embedders) and executor.py (subprocess runner; the sandbox is plugged in). Below skills.py the selfmcp/ "
         "package has one room per concern: store.py (every SQL statement on skill tables), search.py (indexes, "
-        "scoring, re-embedding), runtime.py (runs and their history), confine.py and landlock.py (the sandbox: "
+        "scoring), embedwork.py (background embedding of new skills, re-embedding), runtime.py (runs and their history), confine.py and landlock.py (the sandbox: "
         "bubblewrap, Landlock, run uids, cgroups), warm.py (sandboxes started ahead of their runs), errors.py "
         "(the error shape and codes), depenv.py "
         "(dependency environments), history.py (version summaries and diffs), redact.py, credentials.py, "
