@@ -30,6 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+import db
 from embeddings import Embedder, content_hash, embed_with_model, encode
 from selfmcp.embedders.lazynp import np
 from selfmcp.store import SkillStore, now_text
@@ -251,9 +252,12 @@ class EmbeddingWorker:
                     time.sleep(WARM_UP_DELAY_S)
                 warm_up()
             self._work()
-        except Exception:
+        except Exception as exc:
             failed = True
-            log.exception("embedding failed; the upkeep embeds what is left at its next round")
+            if isinstance(exc, sqlite3.Error):  # the database is locked or went away: one line, no traceback
+                log.warning("embedding stopped (%s); the upkeep embeds what is left at its next round", exc)
+            else:
+                log.exception("embedding failed; the upkeep embeds what is left at its next round")
             self.queue.clear()  # those skills have no vector: stale_embeddings() finds them
         finally:
             self.lock.release()
@@ -271,7 +275,7 @@ class EmbeddingWorker:
                     self.embed_batch(list(taken), any_model=True)
                 except sqlite3.OperationalError as exc:  # another writer held the lock past busy_timeout
                     busy += 1
-                    if busy > BUSY_RETRIES:
+                    if busy > BUSY_RETRIES or isinstance(exc, db.StorageUnavailable):
                         raise
                     log.warning("could not write vectors (%s); trying again", exc)
                     time.sleep(busy)

@@ -19,6 +19,7 @@ import heapq
 import json
 import logging
 import re
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -383,6 +384,8 @@ class Search:
         time.sleep(delay_s)
         try:
             self.keywords.build(self._search_rows())
+        except sqlite3.Error as exc:  # the database went away (the upkeep says so): no traceback
+            log.warning("in-memory keyword index not built (%s); keyword search stays on FTS5", exc)
         except Exception:
             log.exception("in-memory keyword index not built; keyword search stays on FTS5")
 
