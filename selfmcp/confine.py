@@ -441,7 +441,8 @@ def setpriv_argv(setpriv: str, uid: int) -> list[str]:
 def bwrap_mounts(sandbox: Sandbox, *, python: str, read_only: Sequence[str] = ()) -> list[str]:
     """The part of the bwrap command that does not depend on the run's working directory."""
     assert sandbox.bwrap is not None
-    cmd = [sandbox.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+    # (No UTS namespace: without capabilities a run cannot change the host name anyway; it costs ~0.5 ms a run.)
+    cmd = [sandbox.bwrap, "--unshare-pid", "--unshare-ipc", "--unshare-cgroup-try",
            "--die-with-parent", "--cap-drop", "ALL"]
     if sandbox.setpriv:  # only to switch to the run's uid; setpriv drops them all
         cmd += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]

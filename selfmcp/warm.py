@@ -119,7 +119,10 @@ class WarmRunner(executor.Runner):
         for slot in list(self._free):
             if self._closed or slot in self._warm or slot in self._starting:
                 continue
-            future = loop.run_in_executor(None, self._start, slot, python, read_only, env)
+            try:
+                future = loop.run_in_executor(None, self._start, slot, python, read_only, env)
+            except RuntimeError:  # the loop's executor is shut down: the server is stopping
+                return
             self._starting[slot] = future
             future.add_done_callback(lambda done, slot=slot: self._started(slot, done))
 
