@@ -17,7 +17,6 @@ Prints one JSON object as its last line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.workload import Ledger, ServerProcess, session, verify  # noqa: E402
+from bench.workload import Ledger, ServerProcess, verify, write_until_killed  # noqa: E402
 
 
 async def run(rounds: int, workdir: Path, seed: int) -> dict:
@@ -40,20 +39,7 @@ async def run(rounds: int, workdir: Path, seed: int) -> dict:
     try:
         for round_ in range(rounds):
             server.start()
-            target = ledger.acknowledged + rng.randint(10, 80)
-
-            async def writer(n: int) -> None:
-                with contextlib.suppress(Exception):  # the connection dies with the server
-                    await session(server.url, ledger, seed=round_ * 100 + n)
-
-            async with anyio.create_task_group() as tg:
-                for n in range(4):
-                    tg.start_soon(writer, n)
-                with anyio.fail_after(120):
-                    while ledger.acknowledged < target:
-                        await anyio.sleep(0.005)
-                server.kill()
-                tg.cancel_scope.cancel()
+            await write_until_killed(server, ledger, rng.randint(10, 80), seed=round_ * 100)
             state = verify(server.db_path, ledger)
             lost = max(lost, state["lost_writes"])
             integrity.append(state["integrity"])

@@ -206,6 +206,27 @@ async def session(url: str, ledger: Ledger, *, seed: int, ops: int | None = None
                 ledger.record(await client.call_tool("skill_get_detail", {"skill_id": rng.choice(own)}))
 
 
+async def write_until_killed(server: ServerProcess, ledger: Ledger, writes: int, *, seed: int, writers: int = 4,
+                             timeout_s: float = 120) -> None:
+    """`writers` sessions write until `writes` more are acknowledged; then the server is SIGKILLed mid-write."""
+    import anyio
+
+    target = ledger.acknowledged + writes
+
+    async def writer(n: int) -> None:
+        with contextlib.suppress(Exception):  # the connection dies with the server
+            await session(server.url, ledger, seed=seed + n)
+
+    async with anyio.create_task_group() as tg:
+        for n in range(writers):
+            tg.start_soon(writer, n)
+        with anyio.fail_after(timeout_s):
+            while ledger.acknowledged < target:
+                await anyio.sleep(0.005)
+        server.kill()
+        tg.cancel_scope.cancel()
+
+
 async def create_hot_skills(url: str, ledger: Ledger, count: int = 3) -> tuple[int, ...]:
     """Skills every session updates at once."""
     from mcp import Client

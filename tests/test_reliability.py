@@ -24,7 +24,7 @@ import pytest
 from mcp import Client
 
 import skills
-from bench.workload import Ledger, ServerProcess, create_hot_skills, session, verify
+from bench.workload import Ledger, ServerProcess, create_hot_skills, session, verify, write_until_killed
 from conftest import ROOT, FakeEmbedder, assert_error, clean_env
 from selfmcp import schemas, upkeep
 from selfmcp.errors import storage_error
@@ -408,20 +408,7 @@ async def test_kill_9_during_writes_loses_no_acknowledged_write(tmp_path):
     try:
         for round_ in range(10):
             running.start()
-            target = ledger.acknowledged + 15
-
-            async def writer(seed: int) -> None:
-                with contextlib.suppress(Exception):  # the connection dies with the server
-                    await session(running.url, ledger, seed=round_ * 100 + seed, stop=lambda: False)
-
-            async with anyio.create_task_group() as tg:
-                for seed in range(4):
-                    tg.start_soon(writer, seed)
-                with anyio.fail_after(60):
-                    while ledger.acknowledged < target:
-                        await anyio.sleep(0.01)
-                running.kill()
-                tg.cancel_scope.cancel()
+            await write_until_killed(running, ledger, 15, seed=round_ * 100, timeout_s=60)
             state = verify(running.db_path, ledger)
             assert state["integrity"] == "ok", (round_, state)
             assert state["lost_writes"] == 0, (round_, state["lost_examples"])
