@@ -265,6 +265,20 @@ async def http_client(base: str, token: str | None = None, mode: str = "auto") -
             yield client
 
 
+@contextlib.asynccontextmanager
+async def connected_client(tmp_path, transport: str, mode: str = "auto") -> Any:
+    """An MCP Client on a fresh server.py over `transport` ("stdio" or "http"), in protocol era `mode`."""
+    from mcp import Client
+
+    if transport == "stdio":
+        async with Client(stdio_params(tmp_path), mode=mode) as client:
+            yield client
+    else:
+        with http_server(tmp_path) as base:
+            async with Client(base + "/mcp", mode=mode) as client:
+                yield client
+
+
 class MemoryStorage:
     """The SDK OAuth client's TokenStorage, in memory."""
 

@@ -452,11 +452,11 @@ class Runner:
             done, _ = await asyncio.wait([watch.exited], timeout=max(0.0, deadline - loop.time()))
             timed_out = not done
             # Whatever the skill left behind dies with it.
-            self._kill(proc.pid, marker, since, slot, thorough=timed_out)
+            self.confinement.kill(proc.pid, marker, since, slot, thorough=timed_out)
             # Every writer is dead now: the pipes close as soon as their last bytes are read.
             await asyncio.wait([watch.exited, watch.closed], timeout=_DRAIN_AFTER_KILL_S)
         except BaseException:  # cancelled by the client: take the whole run down first
-            self._kill(proc.pid, marker, since, slot, thorough=True)
+            self.confinement.kill(proc.pid, marker, since, slot, thorough=True)
             raise
         finally:
             watch.close()
@@ -488,9 +488,6 @@ class Runner:
 
     def close(self) -> None:
         """Release what the runner holds ahead of runs (also done at exit)."""
-
-    def _kill(self, session: int, marker: bytes, since: int, slot: int, *, thorough: bool) -> None:
-        self.confinement.kill(session, marker, since, slot, thorough=thorough)
 
 
 def _same_interpreter(python: str) -> bool:

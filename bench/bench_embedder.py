@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -32,10 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import skills  # noqa: E402
 from embeddings import make_embedder  # noqa: E402
 from selfmcp import search, skillmd  # noqa: E402
-from bench_retrieval import evaluate, load  # noqa: E402  (one loader, one scorer for both benches)
+from bench_retrieval import evaluate, load, registry_of  # noqa: E402  (one loader, one scorer for both benches)
 
 DATA = Path(__file__).resolve().parents[2] / "shared/bench/metatool"
 
@@ -105,14 +103,8 @@ def main() -> None:
     if warm_up is not None:
         warm_up()
     with tempfile.TemporaryDirectory() as tmp:
-        reg = skills.Registry(Path(tmp) / "bench.db", embedder, environ={})
+        reg, by_id = registry_of(tools, Path(tmp) / "bench.db", embedder)
         reg.search_index._query_cache.size = 2 * len(queries)  # each request embedded once for all modes
-        reg.seed_core_skills()
-        by_id = {}
-        for tool in tools:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", tool["name"])  # as the shared harness retries
-            by_id[reg.create(name, tool["description"], "print('ok')")["id"]] = tool["name"]
-        reg.search_index.wait_idle()  # every vector made (creates are embedded in the background)
         for mode in ("keyword", "vector", "hybrid"):
             report[mode] = evaluate(reg, queries, by_id, mode)
     print(json.dumps(report, indent=1))

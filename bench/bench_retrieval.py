@@ -57,6 +57,18 @@ def evaluate(reg: skills.Registry, queries: list[dict], by_id: dict[int, str], m
             "MRR@10": round(mrr / n, 3), "search_p50_ms": round(statistics.median(latencies) * 1000, 2)}
 
 
+def registry_of(tools: list[dict], db_path: Path, embedder: object) -> tuple[skills.Registry, dict[int, str]]:
+    """A registry holding the core skills and one skill per tool (every vector made); skill id -> tool name."""
+    reg = skills.Registry(db_path, embedder, environ={})  # type: ignore[arg-type]
+    reg.seed_core_skills()
+    by_id = {}
+    for tool in tools:
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", tool["name"])  # as the shared harness retries
+        by_id[reg.create(name, tool["description"], "print('ok')")["id"]] = tool["name"]
+    reg.search_index.wait_idle()  # every vector made (creates are embedded in the background)
+    return reg, by_id
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/bench/metatool")
@@ -65,13 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     tools, queries = load(args.data)
     with tempfile.TemporaryDirectory() as tmp:
-        reg = skills.Registry(Path(tmp) / "bench.db", make_embedder(args.model, use_remote=False), environ={})
-        reg.seed_core_skills()
-        by_id = {}
-        for tool in tools:
-            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", tool["name"])  # as the shared harness retries
-            by_id[reg.create(name, tool["description"], "print('ok')")["id"]] = tool["name"]
-        reg.search_index.wait_idle()  # every vector made (creates are embedded in the background)
+        reg, by_id = registry_of(tools, Path(tmp) / "bench.db", make_embedder(args.model, use_remote=False))
         report = {"embedder": reg.embedder.model_id, "skills": len(tools), "queries": len(queries)}
         for mode in ("keyword", "vector", "hybrid"):
             report[mode] = evaluate(reg, queries, by_id, mode)

@@ -17,7 +17,7 @@ from mcp_types import PaginatedRequestParams, Request, RequestParams
 from pydantic import TypeAdapter
 
 from selfmcp.folders import SkillFolders
-from conftest import FakeEmbedder, http_server, stdio_params
+from conftest import FakeEmbedder, connected_client, http_server, stdio_params
 from server import Settings, create_server
 
 pytestmark = pytest.mark.anyio
@@ -72,13 +72,9 @@ async def connected(kind: str, mode: str, tmp_path, reg=None):
         server = create_server(Settings(db_path=tmp_path / "e2e.db", embedder=FakeEmbedder()), reg)
         async with Client(server, mode=mode) as client:
             yield client
-    elif kind == "stdio":
-        async with Client(stdio_params(tmp_path), mode=mode) as client:
-            yield client
     else:
-        with http_server(tmp_path) as base:
-            async with Client(base + "/mcp", mode=mode) as client:
-                yield client
+        async with connected_client(tmp_path, kind, mode) as client:
+            yield client
 
 
 async def create_via_tools(client: Client) -> None:

@@ -15,7 +15,7 @@ from mcp import Client
 
 import db
 import skills
-from conftest import FakeEmbedder, assert_error, http_server, payload, stdio_params
+from conftest import FakeEmbedder, assert_error, connected_client, payload, stdio_params
 
 pytestmark = pytest.mark.anyio
 
@@ -177,21 +177,10 @@ def test_the_version_migration_keeps_older_history_readable(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 
-@contextlib.asynccontextmanager
-async def connected(tmp_path, transport: str, mode: str):
-    if transport == "stdio":
-        async with Client(stdio_params(tmp_path), mode=mode) as client:
-            yield client
-    else:
-        with http_server(tmp_path) as base:
-            async with Client(base + "/mcp", mode=mode) as client:
-                yield client
-
-
 @pytest.mark.parametrize("transport", ["stdio", "http"])
 @pytest.mark.parametrize("mode", ["legacy", "auto"])
 async def test_history_walk_through_a_real_client(tmp_path, transport, mode):
-    async with connected(tmp_path, transport, mode) as client:
+    async with connected_client(tmp_path, transport, mode) as client:
         async def call(tool, **args):
             result = await client.call_tool(tool, args)
             assert not result.is_error, result

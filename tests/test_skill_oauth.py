@@ -9,6 +9,7 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import anyio
@@ -119,12 +120,17 @@ async def connect_account(url: str, provider: FakeProvider, *, with_client: bool
         return await browser.get(back.headers["location"])
 
 
+def provider_auth(provider: Any) -> dict[str, Any]:
+    """The auth_config of a skill that connects to the fake provider."""
+    return {"type": "oauth2", "auth_url": provider.base + "/authorize", "token_url": provider.base + "/token",
+            "scopes": ["read", "write"], "client_id_env": "P_CLIENT_ID", "client_secret_env": "P_CLIENT_SECRET",
+            "token_env": "P_ACCESS_TOKEN"}
+
+
 async def test_a_skill_connects_with_oauth2_and_refreshes_once_under_concurrent_runs(tmp_path):
     with fake_provider() as provider, run_server(tmp_path, SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=TOKEN,
                                                  SELFMCP_OWNER_PASSWORD=PASSWORD) as running:
-        auth = {"type": "oauth2", "auth_url": provider.base + "/authorize", "token_url": provider.base + "/token",
-                "scopes": ["read", "write"], "client_id_env": "P_CLIENT_ID", "client_secret_env": "P_CLIENT_SECRET",
-                "token_env": "P_ACCESS_TOKEN"}
+        auth = provider_auth(provider)
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http, \
                 Client(streamable_http_client(running.base + "/mcp", http_client=http), mode="legacy") as client:
             sid = payload(await client.call_tool("skill_create", {
@@ -169,9 +175,7 @@ async def test_the_callback_refuses_a_state_from_another_browser(tmp_path):
     with fake_provider() as provider, run_server(tmp_path, SELFMCP_AUTH="token", SELFMCP_AUTH_TOKEN=TOKEN,
                                                  SELFMCP_OWNER_PASSWORD=PASSWORD,
                                                  P_CLIENT_ID=CLIENT_ID, P_CLIENT_SECRET=CLIENT_SECRET) as running:
-        auth = {"type": "oauth2", "auth_url": provider.base + "/authorize", "token_url": provider.base + "/token",
-                "scopes": ["read", "write"], "client_id_env": "P_CLIENT_ID", "client_secret_env": "P_CLIENT_SECRET",
-                "token_env": "P_ACCESS_TOKEN"}
+        auth = provider_auth(provider)
         async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}) as http, \
                 Client(streamable_http_client(running.base + "/mcp", http_client=http), mode="legacy") as client:
             sid = payload(await client.call_tool("skill_create", {
